@@ -1,0 +1,109 @@
+"""Model registry: `create_model(name, **kwargs)` builds any registered architecture."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reprocls.registry import Registry
+
+MODELS: Registry = Registry("model")
+register_model = MODELS.register
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, optionally filtered by a shell-style pattern ('resnet*')."""
+    return MODELS.names(pattern)
+
+
+def create_model(name: str, *, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model by name from plain keyword arguments (num_classes, in_chans, ...).
+
+    `timm/<name>` and `torchvision/<name>` build those libraries' models; `weights` loads a
+    checkpoint file (safetensors, or a torchvision/timm `.pth` state dict) into the model.
+    """
+    prefix, _, external = name.partition("/")
+    if external:
+        model = _create_external(prefix, external, kwargs)
+    else:
+        model = MODELS.get(name)(**kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _create_external(library: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Models of timm or torchvision, with our keyword names mapped onto theirs."""
+    if library == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ImportError(
+                f"'timm/{name}' needs timm, an optional extra: pip install 'reprocls[timm]' (or pip install timm)"
+            ) from None
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if library == "torchvision":
+        import torchvision
+
+        in_chans = kwargs.pop("in_chans", 3)
+        if in_chans != 3:
+            raise ValueError(f"torchvision/{name} takes 3-channel input; use a reprocls model for in_chans={in_chans}")
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    raise KeyError(f"unknown model library {library!r} in {library}/{name}: use 'timm/<name>' or 'torchvision/<name>'")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a plain state-dict pickle, never executing code from the file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_ema"):  # common wrappers of training checkpoints
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint of the same architecture, mapping foreign key names when the model knows how."""
+    state = read_state_dict(path)
+    remap = getattr(model, "remap_state_dict", None)
+    if remap is not None:
+        state = remap(state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit {type(model).__name__}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            f"{' ...' if len(missing) > 5 or len(unexpected) > 5 else ''}"
+        )
+
+
+def warn_if_input_too_small(model: nn.Module, image_size: int) -> str | None:
+    """Warn when a stem built for 224 px (stride >= 4) meets inputs of 64 px or less."""
+    stride = getattr(model, "stem_stride", 1)
+    if image_size <= 64 and stride >= 4:
+        message = (
+            f"{type(model).__name__} has an ImageNet-style stem (downsamples {stride}x) but inputs are "
+            f"{image_size}px: small images lose most of their detail before the first block. "
+            "Use a small-image variant (e.g. resnet20, or stem='cifar') or upscale the inputs."
+        )
+        warnings.warn(message, stacklevel=2)
+        return message
+    return None
+
+
+# Every module in this package that does not start with '_' is a model family: importing it registers it.
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["MODELS", "create_model", "list_models", "load_weights", "read_state_dict", "register_model", "warn_if_input_too_small"]
