@@ -1,0 +1,290 @@
+"""The recipe schema: every key typed, documented in one line, validated before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Union, get_args, get_origin
+
+import yaml
+
+from reprocls.registry import suggest
+
+
+class ConfigError(ValueError):
+    """A recipe key or value that cannot be used; the message names the key path and a fix."""
+
+
+def opt(default: Any, help: str, *, check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
+    """A documented config field; `check` validates the value and `rule` says what is allowed."""
+    factory = (lambda: list(default)) if isinstance(default, list) else (lambda: dict(default)) if isinstance(default, dict) else None
+    meta = {"help": help, "check": check, "rule": rule}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+positive = dict(check=lambda v: v > 0, rule="> 0")
+non_negative = dict(check=lambda v: v >= 0, rule=">= 0")
+fraction = dict(check=lambda v: 0 <= v < 1, rule="in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("resnet20", "registered model name (`reprocls models` lists them) or timm/<name>, torchvision/<name>")
+    in_chans: int | None = opt(None, "input channels; null takes the dataset's (1 for the MNIST family, 3 for CIFAR)")
+    kwargs: dict[str, Any] = opt({}, "extra keyword arguments for the model builder, e.g. {dropout: 0.3}")
+    weights: str | None = opt(None, "checkpoint (safetensors, or a torchvision/timm .pth) to start from")
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = opt(4, "small-image preset: zero-pad by this many pixels, then random-crop back (0: off)", **non_negative)
+    hflip: bool = opt(True, "random horizontal flip with probability 0.5")
+    rrc_scale: list[float] = opt([0.08, 1.0], "imagenet preset: RandomResizedCrop area range (Szegedy et al. 2015)")
+    color_jitter: float = opt(0.4, "imagenet preset: brightness/contrast/saturation jitter strength (0: off)", **non_negative)
+
+
+@dataclass
+class DataConfig:
+    name: str = opt("fashion_mnist", "dataset: fashion_mnist, mnist, cifar10, cifar100 or image_folder")
+    root: str | None = opt(None, "where the data lives; null looks in $REPROCLS_DATA, then ./.data (and /usr/share/datasets)")
+    download: bool = opt(False, "download a standard dataset when it is missing (needs a network)")
+    val_fraction: float = opt(0.1, "share of the training set held out for validation, stratified and seeded (0: none)", **fraction)
+    split: list[float] = opt([0.7, 0.2, 0.1], "image_folder: train/val/test ratios of the stratified split")
+    split_file: str | None = opt(None, "image_folder: reuse the splits.json of an earlier run instead of computing one")
+    image_size: int | None = opt(None, "image side in pixels; null keeps the dataset's native size (224 for image_folder)")
+    channels: int | None = opt(None, "image channels: null keeps the dataset's (1 MNIST, 3 CIFAR/folders); 1 makes grey, 3 RGB", check=lambda v: v in (1, 3), rule="1 or 3")
+    preset: Literal["auto", "small", "imagenet", "none"] = opt("auto", "train augmentation preset; auto: small for <= 64 px, else imagenet")
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "augmentation settings of the presets"})
+    mean: list[float] | None = opt(None, "per-channel normalisation mean; null takes the dataset's known constants")
+    std: list[float] | None = opt(None, "per-channel normalisation std; null takes the dataset's known constants")
+    in_memory: Literal["auto", "yes", "no"] = opt("auto", "hold images as uint8 tensors and augment whole batches on the device")
+    batch_size: int = opt(128, "training images per step (per process)", **positive)
+    eval_batch_size: int = opt(512, "images per evaluation step", **positive)
+    workers: int = opt(2, "DataLoader worker processes for file-backed datasets", **non_negative)
+    limit_train: int | None = opt(None, "use only the first N (stratified) training images: quick experiments and tests")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = opt("sgd", "optimizer")
+    lr: float = opt(0.1, "peak learning rate, for a batch of lr_reference_batch images", **positive)
+    lr_reference_batch: int | None = opt(None, "batch size `lr` was tuned for; the actual lr is rescaled to the real batch", **positive)
+    lr_scaling: Literal["linear", "sqrt"] = opt("linear", "rule for rescaling lr to the batch (Goyal et al. 2017: linear)")
+    momentum: float = opt(0.9, "SGD momentum", **fraction)
+    nesterov: bool = opt(False, "SGD with Nesterov momentum")
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
+    weight_decay: float = opt(5e-4, "L2 / decoupled weight decay", **non_negative)
+    decay_norm_and_bias: bool = opt(False, "also decay norm weights and biases (most papers do not)")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = opt("cosine", "lr schedule: cosine, step, multistep, sgdr, onecycle or constant")
+    epochs: int = opt(30, "training epochs", **positive)
+    warmup_epochs: float = opt(0.0, "linear warmup length in epochs (may be fractional), before the main schedule", **non_negative)
+    warmup_start_factor: float = opt(0.1, "lr at the start of warmup, as a fraction of the peak", check=lambda v: 0 < v <= 1, rule="in (0, 1]")
+    min_lr_factor: float = opt(0.0, "cosine/sgdr: final lr as a fraction of the peak", **fraction)
+    step_epochs: int = opt(30, "step: decay every this many epochs", **positive)
+    milestones: list[int] = opt([], "multistep: epochs at which lr is multiplied by gamma")
+    gamma: float = opt(0.1, "step/multistep: lr multiplier at each decay", **positive)
+    restart_epochs: int = opt(10, "sgdr: length of the first cosine cycle in epochs (Loshchilov & Hutter 2017)", **positive)
+    restart_mult: int = opt(2, "sgdr: each cycle is this many times longer than the previous", **positive)
+    pct_start: float = opt(0.25, "onecycle: share of training spent rising to the peak lr", check=lambda v: 0 < v < 1, rule="in (0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "where to train; auto picks cuda when available")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt("auto", "autocast dtype; auto: bf16 where the device supports it, else fp32")
+    channels_last: Literal["auto", "yes", "no"] = opt("auto", "NHWC memory format; auto: on for convolutional models on CPU and CUDA")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing (Szegedy et al. 2016)", **fraction)
+    grad_clip_norm: float | None = opt(None, "clip the global gradient norm to this value", **positive)
+    threads: int | None = opt(None, "CPU threads for torch; null leaves torch's default", **positive)
+    eval_every: int = opt(1, "evaluate on the validation split every N epochs (and always after the last)", **positive)
+    log_every: int = opt(50, "steps between TensorBoard scalars", **positive)
+
+
+@dataclass
+class ReferenceConfig:
+    source: str = opt("", "where the reported number comes from (paper, table, benchmark)")
+    top1: float = opt(0.0, "reported test top-1 accuracy as a fraction (0.949 for 94.9 %)", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
+    tolerance: float = opt(0.005, "gap to the reported top-1 still counted as reproduced", **non_negative)
+
+
+@dataclass
+class RunConfig:
+    name: str | None = opt(None, "run name; null takes the recipe's file name")
+    output_dir: str = opt("runs", "folder that receives runs/<name>-<timestamp>/")
+    seed: int = opt(0, "seeds Python, NumPy and torch; the same seed gives the same metrics on CPU")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the architecture"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset, splits, preprocessing and loading"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and weight decay"})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "epochs and learning-rate schedule"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "device, precision and loss settings"})
+    reference: ReferenceConfig | None = field(default=None, metadata={"help": "the paper's number this recipe should reach"})
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _resolve_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _strip_optional(hint: Any) -> tuple[Any, bool]:
+    """(inner type, whether None is allowed) for `X | None`."""
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Union[tuple(args)]), len(args) < len(get_args(hint))
+    return hint, False
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """Check `value` against a type hint, converting only where it is lossless (int -> float)."""
+    hint, nullable = _strip_optional(hint)
+    if value is None:
+        if nullable:
+            return None
+        raise ConfigError(f"{path}: a value is required here (got null)")
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, path)
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = list(get_args(hint))
+        if isinstance(value, bool) and "yes" in choices:  # YAML reads yes/no as booleans
+            value = "yes" if value else "no"
+        if value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {choices}.{suggest(str(value), [str(c) for c in choices])}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = get_args(hint)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, raw: Any, path: str = "") -> Any:
+    """Turn a nested mapping into the dataclass `cls`, rejecting unknown keys and bad values by path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'recipe'}: expected a mapping of keys, got {raw!r}")
+    hints = _resolve_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown key {key_path!r}.{suggest(str(key), list(fields))} Valid keys here: {', '.join(fields)}")
+        value = _coerce(value, hints[key], key_path)
+        check = fields[key].metadata.get("check")
+        if check is not None and value is not None and not check(value):
+            raise ConfigError(f"{key_path}: {value!r} is out of range; it must be {fields[key].metadata['rule']}")
+        values[key] = value
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=0.05' -> (['optim', 'lr'], 0.05); values are read as YAML scalars or lists."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like key.sub=value, e.g. optim.lr=0.05")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested mapping; validation of the result happens in `build`."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+        node[keys[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML recipe, apply key=value overrides, validate, and fill the run name."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"recipe {path} does not exist (recipes live under configs/, e.g. configs/quickstart.yaml)")
+        raw = yaml.safe_load(path.read_text()) or {}
+    raw = apply_overrides(raw, list(overrides))
+    config = build(RunConfig, raw)
+    if config.name is None:
+        config.name = Path(path).stem if path is not None else "run"
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Checks that span several keys."""
+    if abs(sum(config.data.split) - 1.0) > 1e-6 or len(config.data.split) != 3:
+        raise ConfigError(f"data.split: {config.data.split} must be three ratios (train, val, test) summing to 1")
+    for key in ("mean", "std"):
+        values = getattr(config.data, key)
+        if values is not None and key == "std" and any(v <= 0 for v in values):
+            raise ConfigError(f"data.std: {values} must be positive")
+    if len(config.optim.betas) != 2:
+        raise ConfigError(f"optim.betas: {config.optim.betas} must be two numbers")
+    if config.data.augment.rrc_scale[0] > config.data.augment.rrc_scale[1] or len(config.data.augment.rrc_scale) != 2:
+        raise ConfigError(f"data.augment.rrc_scale: {config.data.augment.rrc_scale} must be [low, high] with low <= high")
+    if config.schedule.warmup_epochs >= config.schedule.epochs:
+        raise ConfigError(
+            f"schedule.warmup_epochs: {config.schedule.warmup_epochs} must be shorter than schedule.epochs ({config.schedule.epochs})"
+        )
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config, for YAML and JSON."""
+    return dataclasses.asdict(config)
+
+
+def dump(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config so a run can be reproduced from its folder alone."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def describe_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, help) for every key: the schema's own documentation."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        hint, _ = _strip_optional(_resolve_hints(cls)[f.name])
+        if dataclasses.is_dataclass(hint):
+            rows.append((path, "", f.metadata.get("help", "")))
+            rows.extend(describe_keys(hint, f"{path}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((path, yaml.safe_dump(default, default_flow_style=True).splitlines()[0], f.metadata.get("help", "")))
+    return rows

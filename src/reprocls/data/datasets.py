@@ -1,0 +1,263 @@
+"""Datasets by name: the standard sets as in-memory uint8 tensors, and a user's image folders as files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torchvision
+
+from reprocls.config import ConfigError, DataConfig
+from reprocls.data.splits import carve_validation, stratified_split, stratified_subset
+from reprocls.registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+SYSTEM_DATA_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}  # Debian's dataset-fashion-mnist
+
+
+@dataclass
+class TensorSplit:
+    """A split held in memory: uint8 images (N, C, H, W) and int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> TensorSplit:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return TensorSplit(self.images[index], self.labels[index])
+
+
+@dataclass
+class FileSplit:
+    """A split of image files: (path, class index) pairs."""
+
+    samples: list[tuple[str, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
+
+
+Split = TensorSplit | FileSplit
+
+
+@dataclass
+class DatasetSplits:
+    """Train/val/test of one dataset plus what a model needs to know about it."""
+
+    name: str
+    classes: list[str]
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: Split
+    val: Split | None
+    test: Split
+    split_record: dict[str, Any] | None = field(default=None, repr=False)  # image_folder: the file lists, for splits.json
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, TensorSplit)
+
+
+DATASETS: Registry[Callable[[DataConfig, int], DatasetSplits]] = Registry("dataset")
+
+
+def candidate_roots(data: DataConfig) -> list[Path]:
+    """Where to look for data, in order: the recipe's root, $REPROCLS_DATA, ./.data."""
+    roots = [Path(data.root).expanduser()] if data.root else []
+    if os.environ.get("REPROCLS_DATA"):
+        roots.append(Path(os.environ["REPROCLS_DATA"]).expanduser())
+    roots.append(Path(".data"))
+    return roots
+
+
+def _finish(name: str, data: DataConfig, seed: int, train: TensorSplit, test: TensorSplit, classes: list[str],
+            mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetSplits:
+    """Carve a stratified validation split from train and apply `limit_train`; test stays untouched."""
+    train_idx, val_idx = carve_validation(train.labels.numpy(), data.val_fraction, seed)
+    val = train.subset(val_idx) if len(val_idx) else None
+    train = train.subset(train_idx)
+    if data.limit_train is not None:
+        train = train.subset(stratified_subset(train.labels.numpy(), data.limit_train, seed))
+    return DatasetSplits(name, classes, train.images.shape[1], train.images.shape[-1], mean, std, train, val, test)
+
+
+# ----------------------------------------------------------------------------------------- MNIST family
+
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _has_raw_files(folder: Path) -> bool:
+    return all((folder / f).exists() or (folder / f"{f}.gz").exists() for f in _MNIST_FILES)
+
+
+def _prepare_mnist_root(name: str, folder_name: str, data: DataConfig) -> tuple[Path, bool]:
+    """A root in torchvision's layout (ROOT/<Class>/raw/), linking flat system files in when that is all there is."""
+    roots = candidate_roots(data)
+    for root in roots:
+        if _has_raw_files(root / folder_name / "raw"):
+            return root, False
+    flat_dirs = [r for r in roots if _has_raw_files(r)] + [d for d in [SYSTEM_DATA_DIRS.get(name)] if d and _has_raw_files(d)]
+    if flat_dirs:
+        cache = roots[0] if data.root else Path(os.environ.get("REPROCLS_DATA", "") or ".data")
+        raw = cache / folder_name / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in _MNIST_FILES:
+            source = flat_dirs[0] / f
+            if source.exists():
+                shutil.copyfile(source, raw / f)
+            else:
+                with gzip.open(flat_dirs[0] / f"{f}.gz", "rb") as src, open(raw / f"{f}.partial", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(raw / f"{f}.partial", raw / f)
+        return cache, False
+    if data.download:
+        return roots[0], True
+    hint = " or install Debian's package: sudo apt-get install dataset-fashion-mnist" if name == "fashion_mnist" else ""
+    raise FileNotFoundError(
+        f"{name} not found in {', '.join(str(r) for r in roots)}. Set data.root or $REPROCLS_DATA to a folder that has it, "
+        f"set data.download=true on a machine with a network{hint}."
+    )
+
+
+def _mnist_like(name: str, cls: type, mean: float, std: float) -> Callable[[DataConfig, int], DatasetSplits]:
+    def load(data: DataConfig, seed: int) -> DatasetSplits:
+        root, download = _prepare_mnist_root(name, cls.__name__, data)
+        splits = [cls(str(root), train=is_train, download=download) for is_train in (True, False)]
+        train, test = (TensorSplit(s.data.unsqueeze(1).contiguous(), s.targets.long()) for s in splits)
+        return _finish(name, data, seed, train, test, list(splits[0].classes), (mean,), (std,))
+
+    load.__name__ = name
+    load.__doc__ = f"{cls.__name__}: 28x28 grey images, 60k train / 10k test, held in memory."
+    return load
+
+
+DATASETS.register(_mnist_like("fashion_mnist", torchvision.datasets.FashionMNIST, 0.2860, 0.3530))
+DATASETS.register(_mnist_like("mnist", torchvision.datasets.MNIST, 0.1307, 0.3081))
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+
+def _cifar(name: str, cls: type, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[DataConfig, int], DatasetSplits]:
+    def load(data: DataConfig, seed: int) -> DatasetSplits:
+        roots = candidate_roots(data)
+        root = next((r for r in roots if (r / cls.base_folder).is_dir()), roots[0])
+        try:
+            splits = [cls(str(root), train=is_train, download=data.download) for is_train in (True, False)]
+        except RuntimeError as error:
+            raise FileNotFoundError(
+                f"{name} not found under {', '.join(str(r) for r in roots)} ({error}). Set data.root or $REPROCLS_DATA, "
+                "or data.download=true on a machine with a network."
+            ) from None
+        train, test = (
+            TensorSplit(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets, dtype=torch.long))
+            for s in splits
+        )
+        return _finish(name, data, seed, train, test, list(splits[0].classes), mean, std)
+
+    load.__name__ = name
+    load.__doc__ = f"{cls.__name__}: 32x32 colour images, 50k train / 10k test, held in memory."
+    return load
+
+
+DATASETS.register(_cifar("cifar10", torchvision.datasets.CIFAR10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
+DATASETS.register(_cifar("cifar100", torchvision.datasets.CIFAR100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
+
+
+# ---------------------------------------------------------------------------------------- image folders
+
+
+def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sub-folder names, sorted) and (relative path, class) samples, skipping hidden files."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist; set data.root to a folder with one sub-folder per class")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"{root} has no class sub-folders; expected {root}/<class>/<image files>")
+    samples = []
+    for index, cls in enumerate(classes):
+        for path in sorted((root / cls).rglob("*")):
+            relative = path.relative_to(root)
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in relative.parts):
+                samples.append((relative.as_posix(), index))
+    return classes, samples
+
+
+@DATASETS.register
+def image_folder(data: DataConfig, seed: int) -> DatasetSplits:
+    """A user's root/<class>/<image> folders, split train/val/test by a seeded stratified rule (7:2:1 by default)."""
+    if not data.root:
+        raise ConfigError("data.root: image_folder needs the path of a folder with one sub-folder per class")
+    root = Path(data.root).expanduser()
+    classes, samples = scan_image_folder(root)
+    if data.split_file:
+        record = json.loads(Path(data.split_file).read_text())
+        if record["classes"] != classes:
+            raise ValueError(f"{data.split_file} was made for classes {record['classes']}, but {root} has {classes}")
+        index = {cls: i for i, cls in enumerate(classes)}
+        parts = [[(p, index[p.split("/")[0]]) for p in record[name]] for name in ("train", "val", "test")]
+    else:
+        labels = np.array([label for _, label in samples])
+        indices = stratified_split(labels, list(data.split), seed)
+        parts = [[samples[i] for i in part] for part in indices]
+        record = {"root": str(root.resolve()), "seed": seed, "ratios": list(data.split), "classes": classes}
+        record.update({name: [p for p, _ in part] for name, part in zip(("train", "val", "test"), parts)})
+    train, val, test = (FileSplit([(str(root / p), label) for p, label in part]) for part in parts)
+    if data.limit_train is not None:
+        keep = stratified_subset(train.labels.numpy(), data.limit_train, seed)
+        train = FileSplit([train.samples[i] for i in keep])
+    return DatasetSplits("image_folder", classes, 3, data.image_size or 224, IMAGENET_MEAN, IMAGENET_STD,
+                         train, val if len(val) else None, test, record)
+
+
+def _convert_channels(split: Split | None, channels: int) -> Split | None:
+    """Grey to RGB by repetition, RGB to grey by ITU-R 601 luma; file splits convert when images are decoded."""
+    if not isinstance(split, TensorSplit) or split.images.shape[1] == channels:
+        return split
+    if channels == 3:
+        return TensorSplit(split.images.repeat(1, 3, 1, 1), split.labels)
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey = (split.images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return TensorSplit(grey, split.labels)
+
+
+def load_dataset(data: DataConfig, seed: int) -> DatasetSplits:
+    """The named dataset with the recipe's normalisation and size overrides applied."""
+    splits = DATASETS.get(data.name)(data, seed)
+    if data.channels is not None and data.channels != splits.in_chans:
+        splits.train, splits.val, splits.test = (_convert_channels(s, data.channels) for s in (splits.train, splits.val, splits.test))
+        grey_to_rgb = data.channels == 3
+        splits.mean = splits.mean * 3 if grey_to_rgb else (sum(splits.mean) / 3,)
+        splits.std = splits.std * 3 if grey_to_rgb else (sum(splits.std) / 3,)
+        splits.in_chans = data.channels
+    if data.mean is not None:
+        splits.mean = tuple(data.mean)
+    if data.std is not None:
+        splits.std = tuple(data.std)
+    if data.image_size is not None:
+        splits.image_size = data.image_size
+    if len(splits.mean) != splits.in_chans or len(splits.std) != splits.in_chans:
+        raise ConfigError(f"data.mean/data.std: need {splits.in_chans} values for {data.name}, got {splits.mean} / {splits.std}")
+    return splits

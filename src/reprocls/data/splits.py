@@ -1,0 +1,38 @@
+"""Deterministic stratified splits: the same labels and seed always give the same partition."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
+    """Partition indices so every class is divided by `fractions`; each part is sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    bounds = np.cumsum(fractions)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        members = members[rng.permutation(len(members))]
+        cuts = np.round(bounds * len(members)).astype(int)
+        start = 0
+        for part, stop in zip(parts, cuts):
+            part.append(members[start:stop])
+            start = stop
+    return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=int) for p in parts]
+
+
+def carve_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: a stratified share of the training set held out for model selection."""
+    if val_fraction <= 0:
+        return np.arange(len(labels)), np.empty(0, dtype=int)
+    train, val = stratified_split(labels, [1 - val_fraction, val_fraction], seed)
+    return train, val
+
+
+def stratified_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` indices drawn with the class balance of the whole set."""
+    if count >= len(labels):
+        return np.arange(len(labels))
+    (subset, _rest) = stratified_split(labels, [count / len(labels), 1 - count / len(labels)], seed)
+    return subset

@@ -1,0 +1,101 @@
+"""Optimizers with the usual no-decay parameter groups, and lr schedules composed from torch.optim.lr_scheduler."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler as sched
+
+from reprocls.config import ConfigError, OptimConfig, ScheduleConfig
+from reprocls.registry import Registry
+
+
+def scaled_lr(optim: OptimConfig, batch_size: int) -> float:
+    """The recipe's lr rescaled from its reference batch to the real one (linear: Goyal et al. 2017; or sqrt)."""
+    if optim.lr_reference_batch is None:
+        return optim.lr
+    ratio = batch_size / optim.lr_reference_batch
+    return optim.lr * (ratio if optim.lr_scaling == "linear" else math.sqrt(ratio))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Decay weight matrices and kernels; leave 1-d parameters (norm scales, biases) undecayed unless asked."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 and not decay_norm_and_bias else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW at the batch-scaled learning rate."""
+    groups = parameter_groups(model, optim.weight_decay, optim.decay_norm_and_bias)
+    lr = scaled_lr(optim, batch_size)
+    if optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov and optim.momentum > 0)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas))
+
+
+SchedulerBuilder = Callable[[torch.optim.Optimizer, ScheduleConfig, int, int], sched.LRScheduler]
+SCHEDULERS: Registry[SchedulerBuilder] = Registry("schedule")
+
+
+@SCHEDULERS.register
+def cosine(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, steps_per_epoch: int) -> sched.LRScheduler:
+    """Half-cosine decay to min_lr_factor (Loshchilov & Hutter 2017, without restarts)."""
+    return sched.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=_base_lr(optimizer) * cfg.min_lr_factor)
+
+
+@SCHEDULERS.register
+def sgdr(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, steps_per_epoch: int) -> sched.LRScheduler:
+    """Cosine with warm restarts, cycles growing by restart_mult (SGDR)."""
+    return sched.CosineAnnealingWarmRestarts(optimizer, T_0=cfg.restart_epochs * steps_per_epoch, T_mult=cfg.restart_mult,
+                                             eta_min=_base_lr(optimizer) * cfg.min_lr_factor)
+
+
+@SCHEDULERS.register
+def step(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, steps_per_epoch: int) -> sched.LRScheduler:
+    """Multiply lr by gamma every step_epochs epochs."""
+    return sched.StepLR(optimizer, step_size=cfg.step_epochs * steps_per_epoch, gamma=cfg.gamma)
+
+
+@SCHEDULERS.register
+def multistep(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, steps_per_epoch: int) -> sched.LRScheduler:
+    """Multiply lr by gamma at each milestone epoch (He et al. 2016: 0.1 at epochs 100 and 150 of 200... in iterations)."""
+    return sched.MultiStepLR(optimizer, milestones=[m * steps_per_epoch for m in cfg.milestones], gamma=cfg.gamma)
+
+
+@SCHEDULERS.register
+def onecycle(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, steps_per_epoch: int) -> sched.LRScheduler:
+    """Rise to the peak lr then anneal (Smith & Topin 2019); it has its own warmup (pct_start)."""
+    return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(steps, 1),
+                            pct_start=cfg.pct_start, anneal_strategy="cos", cycle_momentum=False)
+
+
+@SCHEDULERS.register
+def constant(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, steps_per_epoch: int) -> sched.LRScheduler:
+    """A fixed learning rate."""
+    return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    return optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int) -> sched.LRScheduler:
+    """The named schedule, stepped once per iteration, preceded by a linear warmup when warmup_epochs > 0."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if warmup and cfg.name == "onecycle":
+        raise ConfigError("schedule.warmup_epochs: onecycle has its own warmup; set schedule.pct_start instead")
+    main = SCHEDULERS.get(cfg.name)(optimizer, cfg, total - warmup, steps_per_epoch)
+    if not warmup:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, end_factor=1.0, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])

@@ -1,0 +1,279 @@
+"""A recipe in, a run folder out: config -> data -> model -> fit -> test -> results, weights and report."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from reprocls.config import ConfigError, RunConfig, build, dump, to_dict
+from reprocls.data import DATASETS, load_dataset, make_loader
+from reprocls.data.datasets import DatasetSplits
+from reprocls.engine import (SCHEDULERS, EvalResult, build_optimizer, build_scheduler, evaluate, fit,
+                             resolve_channels_last, resolve_device, resolve_precision, scaled_lr)
+from reprocls.envinfo import environment
+from reprocls.experiments.report import format_table, results_table, write_report
+from reprocls.models import MODELS, create_model, warn_if_input_too_small
+from reprocls.registry import suggest
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_names(config: RunConfig) -> None:
+    """Fail before any work when a model, dataset or schedule name is unknown, naming the key and a fix."""
+    checks = [("model.name", config.model.name, MODELS), ("data.name", config.data.name, DATASETS),
+              ("schedule.name", config.schedule.name, SCHEDULERS)]
+    for key, value, registry in checks:
+        if key == "model.name" and "/" in value:
+            continue
+        if value not in registry:
+            raise ConfigError(f"{key}: unknown {registry.kind} {value!r}.{suggest(value, registry.names())} "
+                              f"Choose from: {', '.join(registry.names())}")
+
+
+def build_model(config: RunConfig, splits: DatasetSplits) -> nn.Module:
+    """The recipe's model sized for the dataset's classes and channels."""
+    kwargs = dict(config.model.kwargs)
+    kwargs.update(num_classes=splits.num_classes, in_chans=config.model.in_chans or splits.in_chans)
+    try:
+        model = create_model(config.model.name, weights=config.model.weights, **kwargs)
+    except TypeError as error:
+        raise ConfigError(f"model.kwargs: {config.model.name} rejected {kwargs}: {error}") from None
+    warn_if_input_too_small(model, splits.image_size)
+    return model
+
+
+class RunFolder:
+    """runs/<name>-<timestamp>/: config, environment, metrics.jsonl, TensorBoard events, weights, results, report."""
+
+    def __init__(self, config: RunConfig, root: Path | None = None) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        base = Path(root or config.output_dir) / f"{config.name}-{stamp}"
+        path, suffix = base, 1
+        while path.exists():
+            path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
+        self.path = path
+        self.path.mkdir(parents=True)
+        dump(config, self.path / "config.yaml")
+        self.metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
+        self.tensorboard = SummaryWriter(str(self.path / "tensorboard"))
+
+    def write_json(self, name: str, payload: Any) -> None:
+        """Write through a temporary file so a crash never leaves half a JSON file."""
+        temporary = self.path / f".{name}.tmp"
+        temporary.write_text(json.dumps(payload, indent=2, default=str))
+        temporary.replace(self.path / name)
+
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        for key, value in scalars.items():
+            self.tensorboard.add_scalar(key, value, step)
+
+    def log_epoch(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"])
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.tensorboard.close()
+
+
+def model_metadata(config: RunConfig, splits: DatasetSplits, model: nn.Module) -> dict[str, str]:
+    """What travels inside the weights file so the model can be used without the recipe."""
+    info = {"model": config.model.name, "num_classes": splits.num_classes, "in_chans": config.model.in_chans or splits.in_chans,
+            "model_kwargs": config.model.kwargs, "classes": splits.classes, "image_size": splits.image_size,
+            "mean": list(splits.mean), "std": list(splits.std), "dataset": splits.name,
+            "params": sum(p.numel() for p in model.parameters())}
+    return {"reprocls": json.dumps(info), "config": json.dumps(to_dict(config))}
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """Safetensors weights (no pickle), written to a temporary name first so a crash keeps the old file."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(temporary), metadata=metadata)
+    temporary.replace(path)
+
+
+def eval_result_dict(result: EvalResult, classes: list[str]) -> dict[str, Any]:
+    return {**result.summary(), "per_class": dict(zip(classes, result.per_class)), "confusion": result.confusion.tolist()}
+
+
+def reference_gap(config: RunConfig, test_top1: float) -> dict[str, Any] | None:
+    """Gap between our test top-1 and the paper's, and whether that counts as reproduced."""
+    ref = config.reference
+    if ref is None:
+        return None
+    gap = test_top1 - ref.top1
+    verdict = "reproduced" if gap >= -ref.tolerance else f"short by {100 * -gap:.2f} points"
+    return {"source": ref.source, "top1": ref.top1, "tolerance": ref.tolerance, "gap": gap, "verdict": verdict}
+
+
+@dataclass
+class Session:
+    """Everything built from a recipe before training: device, data, model and loaders."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    splits: DatasetSplits
+    model: nn.Module
+
+
+def prepare(config: RunConfig) -> Session:
+    """Validate names, seed, load data and build the model: everything that can fail does so here, before training."""
+    check_names(config)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.seed)
+    device = resolve_device(config.train.device)
+    splits = load_dataset(config.data, config.seed)
+    model = build_model(config, splits)
+    channels_last = resolve_channels_last(config.train.channels_last, model)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return Session(device, resolve_precision(config.train.precision, device), channels_last, splits, model)
+
+
+def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Train a recipe end to end and write its run folder; returns (folder, results)."""
+    wall_start = time.perf_counter()
+    session = prepare(config)
+    splits, model, device = session.splits, session.model, session.device
+    run = RunFolder(config)
+    say = print if echo else (lambda *a, **k: None)
+    say(f"run folder: {run.path}")
+    run.write_json("environment.json", environment())
+    if splits.split_record is not None:
+        run.write_json("splits.json", splits.split_record)
+
+    loader_args = dict(device=device, seed=config.seed, channels_last=session.channels_last)
+    train_loader = make_loader(splits.train, splits, config.data, train=True, **loader_args)
+    val_loader = make_loader(splits.val, splits, config.data, train=False, **loader_args) if splits.val else None
+    test_loader = make_loader(splits.test, splits, config.data, train=False, **loader_args)
+    optimizer = build_optimizer(model, config.optim, config.data.batch_size)
+    scheduler = build_scheduler(optimizer, config.schedule, len(train_loader))
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
+    scaler = torch.amp.GradScaler(device.type) if session.amp_dtype == torch.float16 else None
+    params = sum(p.numel() for p in model.parameters())
+    say(f"{config.model.name} ({params / 1e6:.3f} M params) on {splits.name}: {len(splits.train)} train / "
+        f"{len(splits.val) if splits.val else 0} val / {len(splits.test)} test, device {device}, "
+        f"precision {session.amp_dtype or 'fp32'}, channels_last {session.channels_last}, "
+        f"lr {scaled_lr(config.optim, config.data.batch_size):g} at batch {config.data.batch_size}")
+
+    try:
+        outcome = fit(model, train_loader, val_loader, optimizer, scheduler, criterion, epochs=config.schedule.epochs,
+                      device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes, scaler=scaler,
+                      grad_clip_norm=config.train.grad_clip_norm, eval_every=config.train.eval_every, logger=_Echo(run, say),
+                      log_every=config.train.log_every, progress=progress)
+        save_weights(model, run.path / WEIGHTS_FILE, model_metadata(config, splits, model))
+        test = evaluate(model, test_loader, device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes,
+                        criterion=criterion, description="test", progress=progress)
+    finally:
+        run.close()
+
+    results: dict[str, Any] = {
+        "run": run.path.name, "model": config.model.name, "dataset": splits.name, "params": params,
+        "classes": splits.classes, "epochs": config.schedule.epochs, "seed": config.seed,
+        "precision": str(session.amp_dtype or "fp32").replace("torch.", ""), "channels_last": session.channels_last,
+        "val": eval_result_dict(outcome.val, splits.classes) if outcome.val else None,
+        "test": eval_result_dict(test, splits.classes),
+        "train_time_s": outcome.train_seconds, "images_per_s": outcome.images_per_s,
+        "wall_time_s": time.perf_counter() - wall_start,
+        "reference": reference_gap(config, test.top1),
+    }
+    run.write_json("results.json", results)
+    write_report(run.path, results, outcome.history, (run.path / "config.yaml").read_text())
+    say("\n" + format_table(results_table(results)))
+    say(f"\nreport: {run.path / 'report.md'}")
+    return run.path, results
+
+
+class _Echo:
+    """Logs to the run folder and prints one line per epoch."""
+
+    def __init__(self, run: RunFolder, say) -> None:
+        self.run, self.say = run, say
+
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log_step(step, scalars)
+
+    def log_epoch(self, record: dict) -> None:
+        self.run.log_epoch(record)
+        val = f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f} %" if "val_top1" in record else ""
+        self.say(f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f} %"
+                 f"{val}  {record['train_images_per_s']:,.0f} img/s  {record['elapsed_s']:.0f} s")
+
+
+def locate_weights(target: Path) -> tuple[Path, Path | None]:
+    """(weights file, run folder or None) for a run folder or a weights file path."""
+    if target.is_dir():
+        weights = target / WEIGHTS_FILE
+        if not weights.exists():
+            raise FileNotFoundError(f"{target} has no {WEIGHTS_FILE}: is it a finished run folder?")
+        return weights, target
+    if not target.exists():
+        raise FileNotFoundError(f"{target} does not exist; pass a run folder or its {WEIGHTS_FILE}")
+    return target, target.parent if (target.parent / "results.json").exists() else None
+
+
+def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str] | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Re-evaluate a trained model on a split with the preprocessing and precision it was trained with."""
+    weights, run_dir = locate_weights(Path(target))
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if "config" not in metadata:
+        raise ValueError(f"{weights} carries no reprocls metadata; load it with create_model(name, weights=...) instead")
+    raw = json.loads(metadata["config"])
+    from reprocls.config import apply_overrides
+
+    config: RunConfig = build(RunConfig, apply_overrides(raw, list(overrides or [])))
+    config.model.weights = None
+    session = prepare(config)
+    info = json.loads(metadata["reprocls"])
+    if session.splits.classes != info["classes"]:
+        raise ValueError(f"the data's classes {session.splits.classes} differ from the model's {info['classes']}")
+    state = load_file(str(weights))
+    session.model.load_state_dict(state)
+    data_split = {"test": session.splits.test, "val": session.splits.val, "train": session.splits.train}[split]
+    if data_split is None:
+        raise ValueError(f"this run has no {split} split (data.val_fraction was 0)")
+    loader = make_loader(data_split, session.splits, config.data, train=False, device=session.device, seed=config.seed,
+                         channels_last=session.channels_last)
+    result = evaluate(session.model, loader, device=session.device, amp_dtype=session.amp_dtype,
+                      num_classes=session.splits.num_classes,
+                      criterion=nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing),
+                      description=split, progress=progress)
+    out = {"split": split, **eval_result_dict(result, session.splits.classes)}
+    if run_dir is not None and (run_dir / "results.json").exists():
+        recorded = json.loads((run_dir / "results.json").read_text()).get(split)
+        if recorded:
+            out["recorded"] = {k: recorded[k] for k in ("top1", "top5", "loss")}
+    return out
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config saved in a run folder."""
+    return build(RunConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
