@@ -22,7 +22,7 @@ def channel_stats(split: Split, *, channels: int = 3, chunk: int = 4096) -> tupl
         count += pixels.shape[1]
 
     if isinstance(split, TensorSplit):
-        for start in range(0, len(split), chunk):
+        for start in range(0, split.images.shape[0], chunk):
             add(split.images[start:start + chunk])
     else:
         assert isinstance(split, FileSplit)

@@ -1,0 +1,32 @@
+# make demo: train the quickstart recipe. make test: run the test suite. Both set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-fast data venv bench clean
+
+demo: $(STAMP) data
+	$(BIN)/reprocls train configs/quickstart.yaml
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP) data
+	$(BIN)/python benchmarks/train_throughput.py
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+data:
+	@scripts/install-fashion-mnist.sh
+
+clean:
+	rm -rf runs .data .pytest_cache
