@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from reprocls.config import AugmentConfig, DataConfig
 from reprocls.data import load_dataset, make_loader
 from reprocls.data.datasets import TensorSplit
-from reprocls.data.loaders import TensorLoader, random_crop_flip
+from reprocls.data.loaders import TensorLoader, random_crop_flip, random_erase
 from reprocls.data.splits import carve_validation, stratified_split
 from reprocls.data.stats import channel_stats
 from reprocls.data.transforms import eval_transform, resolve_preset, train_transform
@@ -146,3 +146,15 @@ def test_presets_follow_the_classic_recipes() -> None:
     assert evaluation(image).shape == (3, 224, 224)
     small = train_transform("small", image_size=32, mean=(0.5,), std=(0.5,), augment=AugmentConfig(crop_padding=4))
     assert any(isinstance(t, v2.RandomCrop) and t.padding == [4, 4, 4, 4] for t in small.transforms)
+
+
+def test_random_erase_zeroes_one_rectangle_per_chosen_image() -> None:
+    images = torch.ones(64, 1, 16, 16)
+    out = random_erase(images, 0.5, torch.Generator().manual_seed(0))
+    erased = (out == 0).flatten(1).sum(1)
+    assert 10 < int((erased > 0).sum()) < 54  # about half the images
+    for i in torch.nonzero(erased).flatten().tolist():
+        rows, cols = torch.nonzero(out[i, 0] == 0, as_tuple=True)
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert height * width == int(erased[i])  # a solid rectangle
+        assert 0.02 * 256 - 8 <= height * width <= 0.33 * 256 + 8

@@ -44,6 +44,7 @@ class ModelConfig:
 class AugmentConfig:
     crop_padding: int = opt(4, "small-image preset: zero-pad by this many pixels, then random-crop back (0: off)", **non_negative)
     hflip: bool = opt(True, "random horizontal flip with probability 0.5")
+    random_erasing: float = opt(0.0, "probability of erasing a random rectangle (Zhong et al. 2020; 0.5 in the paper)", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
     rrc_scale: list[float] = opt([0.08, 1.0], "imagenet preset: RandomResizedCrop area range (Szegedy et al. 2015)")
     color_jitter: float = opt(0.4, "imagenet preset: brightness/contrast/saturation jitter strength (0: off)", **non_negative)
 

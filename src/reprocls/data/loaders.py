@@ -33,16 +33,36 @@ def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator:
     return images
 
 
+def random_erase(images: torch.Tensor, probability: float, generator: torch.Generator,
+                 scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Zero a random rectangle in a random share of the (normalised) batch, each image its own rectangle."""
+    n, _, h, w = images.shape
+    device = images.device
+    area = torch.empty(n, device=device).uniform_(*scale, generator=generator) * h * w
+    log_ratio = torch.empty(n, device=device).uniform_(torch.log(torch.tensor(ratio[0])).item(),
+                                                        torch.log(torch.tensor(ratio[1])).item(), generator=generator)
+    aspect = log_ratio.exp()
+    eh = (area * aspect).sqrt().round().clamp(1, h).long()
+    ew = (area / aspect).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(n, generator=generator, device=device) * (h - eh + 1)).long()
+    x0 = (torch.rand(n, generator=generator, device=device) * (w - ew + 1)).long()
+    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+    inside = (((rows[None] >= y0[:, None]) & (rows[None] < (y0 + eh)[:, None]))[:, :, None]
+              & ((cols[None] >= x0[:, None]) & (cols[None] < (x0 + ew)[:, None]))[:, None, :])
+    chosen = torch.rand(n, generator=generator, device=device) < probability
+    return images.masked_fill((inside & chosen[:, None, None])[:, None], 0.0)
+
+
 class TensorLoader:
     """Iterates an in-memory uint8 split in (optionally shuffled) batches, normalised and augmented on the device."""
 
     def __init__(self, split: TensorSplit, *, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device, train: bool, seed: int = 0, image_size: int | None = None,
-                 crop_padding: int = 0, hflip: bool = False, channels_last: bool = False) -> None:
+                 crop_padding: int = 0, hflip: bool = False, random_erasing: float = 0.0, channels_last: bool = False) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size, self.train, self.seed, self.epoch = batch_size, train, seed, 0
-        self.crop_padding, self.hflip = (crop_padding, hflip) if train else (0, False)
+        self.crop_padding, self.hflip, self.random_erasing = (crop_padding, hflip, random_erasing) if train else (0, False, 0.0)
         self.image_size = image_size if image_size and image_size != split.images.shape[-1] else None
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
@@ -71,6 +91,8 @@ class TensorLoader:
             if self.crop_padding or self.hflip:
                 images = random_crop_flip(images, self.crop_padding, self.hflip, self.generator)
             images = images.float().sub_(self.mean).div_(self.std)
+            if self.random_erasing > 0:
+                images = random_erase(images, self.random_erasing, self.generator)
             if self.image_size:
                 images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
             yield images.contiguous(memory_format=self.memory_format), labels
@@ -147,7 +169,8 @@ def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train:
         augment = train and preset == "small"
         return TensorLoader(split, batch_size=batch_size, mean=splits.mean, std=splits.std, device=device, train=train,
                             seed=seed, image_size=splits.image_size, crop_padding=data.augment.crop_padding if augment else 0,
-                            hflip=augment and data.augment.hflip, channels_last=channels_last)
+                            hflip=augment and data.augment.hflip, random_erasing=data.augment.random_erasing if augment else 0.0,
+                            channels_last=channels_last)
     common = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std)
     transform = train_transform(preset, augment=data.augment, **common) if train else eval_transform(preset, **common)
     if isinstance(split, FileSplit):

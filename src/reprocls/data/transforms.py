@@ -39,7 +39,8 @@ def train_transform(preset: Preset, *, image_size: int, mean: tuple[float, ...],
     if preset == "imagenet" and augment.color_jitter > 0:
         strength = augment.color_jitter
         steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
-    return v2.Compose(steps + _to_normalized_tensor(mean, std)[1:])
+    erasing = [v2.RandomErasing(p=augment.random_erasing, value=0)] if preset != "none" and augment.random_erasing > 0 else []
+    return v2.Compose(steps + _to_normalized_tensor(mean, std)[1:] + erasing)
 
 
 def eval_transform(preset: Preset, *, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
