@@ -285,7 +285,8 @@ def _synchronize(device: torch.device) -> None:
 def _device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{device.type} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def _tensor_bytes(tensors: Iterator[torch.Tensor]) -> int:
