@@ -64,12 +64,52 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_input_size(text: str | None) -> tuple[int, ...] | None:
+    """'3x224x224' -> (3, 224, 224)."""
+    if text is None:
+        return None
+    try:
+        size = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) <= 0:
+        raise ConfigError(f"--input {text!r}: expected CxHxW, e.g. 3x224x224 or 1x28x28")
+    return size
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    from reprocls.analysis.profile import model_table
     from reprocls.models import MODELS, list_models
 
-    for name in list_models(args.pattern):
-        doc = (MODELS.get(name).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<22} {doc}")
+    if not list_models(args.pattern):
+        raise ConfigError(f"no registered model matches {args.pattern!r}; `reprocls models` lists them all")
+    if args.names:
+        print("\n".join(list_models(args.pattern)))
+        return 0
+    rows = model_table(args.pattern, parse_input_size(args.input))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<22} {'family':<13} {'params':>10} {'MACs':>10}  input     paper")
+    for row in rows:
+        doc = (MODELS.get(row["name"]).__doc__ or "").strip().splitlines()[0]
+        size = "x".join(map(str, row["input_size"]))
+        print(f"{row['name']:<22} {row['family']:<13} {row['params'] / 1e6:>8.3f} M {row['macs'] / 1e9:>8.3f} G  "
+              f"{size:<9} {doc}")
+    print("MACs are multiply-adds per image (what papers call FLOPs); FLOPs = 2 x MACs.")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from reprocls.analysis.profile import input_kwargs, profile_model
+    from reprocls.models import create_model
+
+    size = parse_input_size(args.input)
+    kwargs = input_kwargs(args.model, size) if "/" not in args.model else {}
+    model = create_model(args.model, **kwargs)
+    report = profile_model(model, input_size=size, batch=args.batch, precision=args.precision, device=args.device,
+                           iters=args.iters, train=not args.no_train, name=args.model)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0
 
 
@@ -102,9 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("overrides", nargs="*")
     config.set_defaults(func=cmd_config)
 
-    models = sub.add_parser("models", help="list registered models")
+    models = sub.add_parser("models", help="list registered models with params and MACs")
     models.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
+    models.add_argument("--input", help="count MACs at CxHxW instead of each model's default size")
+    models.add_argument("--names", action="store_true", help="names only (fast)")
+    models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+
+    profile = sub.add_parser("profile", help="params, MACs/FLOPs, latency, training throughput and memory of a model")
+    profile.add_argument("model", help="registered name, or timm/<name>, torchvision/<name>")
+    profile.add_argument("--input", help="CxHxW of one image, e.g. 3x224x224 (default: the model's own)")
+    profile.add_argument("--batch", type=int, default=1)
+    profile.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    profile.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    profile.add_argument("--iters", type=int, default=10, help="timed iterations")
+    profile.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
+    profile.add_argument("--json", action="store_true")
+    profile.set_defaults(func=cmd_profile)
     return parser
 
 
