@@ -14,7 +14,7 @@ from reprocls.config import AugmentConfig, DataConfig
 from reprocls.data import load_dataset, make_loader
 from reprocls.data.datasets import TensorSplit
 from reprocls.data.loaders import TensorLoader, random_crop_flip, random_erase
-from reprocls.data.splits import carve_validation, stratified_split
+from reprocls.data.splits import stratified_split
 from reprocls.data.stats import channel_stats
 from reprocls.data.transforms import eval_transform, resolve_preset, train_transform
 

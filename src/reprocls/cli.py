@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 
 from reprocls.config import ConfigError, RunConfig, describe_keys, load_config, to_dict
 

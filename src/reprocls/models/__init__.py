@@ -88,13 +88,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def warn_if_input_too_small(model: nn.Module, image_size: int) -> str | None:
-    """Warn when a stem built for 224 px (stride >= 4) meets inputs of 64 px or less."""
+    """Warn when a network designed for large images (a downsampling stem, default >= 128 px) meets <= 64 px inputs."""
     stride = getattr(model, "stem_stride", 1)
-    if image_size <= 64 and stride >= 4:
+    designed_for = getattr(model, "designed_input_size", 224)
+    if image_size <= 64 and stride >= 2 and designed_for >= 128:
         message = (
-            f"{type(model).__name__} has an ImageNet-style stem (downsamples {stride}x) but inputs are "
-            f"{image_size}px: small images lose most of their detail before the first block. "
-            "Use a small-image variant (e.g. resnet20, or stem='cifar') or upscale the inputs."
+            f"{type(model).__name__} has an ImageNet-style stem (downsamples {stride}x, designed for {designed_for}px) "
+            f"but inputs are {image_size}px: small images lose most of their detail before the first block. "
+            "Use a small-image variant (resnet20, stem='cifar', head='cifar', vit_ti_4, swin_t_2) or upscale the inputs."
         )
         warnings.warn(message, stacklevel=2)
         return message

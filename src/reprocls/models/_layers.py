@@ -6,12 +6,11 @@ dicts load into our models unchanged (MobileNetV2 needs one small key remap, see
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 NormLayer = Callable[[int], nn.Module]  # channels -> normalization module, e.g. partial(nn.BatchNorm2d, eps=1e-3)
 ActLayer = Callable[..., nn.Module]  # an activation class taking `inplace`: nn.ReLU6, nn.Hardswish, nn.SiLU
@@ -131,19 +130,6 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         return x + self.stochastic_depth(out) if self.use_residual else out
-
-
-def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, checkpointing: bool) -> torch.Tensor:
-    """Run blocks in order; with checkpointing, keep only each block's input and recompute the rest in backward.
-
-    As in ResNet (and timm, torchvision), the replayed forward updates BatchNorm running statistics a second time.
-    """
-    for block in blocks:
-        if checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, use_reentrant=False)  # replays the same RNG state (dropout, stochastic depth)
-        else:
-            x = block(x)
-    return x
 
 
 def init_conv_and_norm(model: nn.Module) -> None:

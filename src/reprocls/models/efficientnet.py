@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head
+from reprocls.models._base import Classifier, linear_head, run_blocks
 from reprocls.models._layers import (
     ConvNormAct,
     InvertedResidual,
     SqueezeExcite,
     init_conv_and_norm,
     make_divisible,
-    run_blocks,
 )
 
 # The B0 baseline, one row per stage (Tan & Le 2019, table 1): MBConv expansion ratio, kernel,

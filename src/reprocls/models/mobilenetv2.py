@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head
-from reprocls.models._layers import ConvNormAct, InvertedResidual, init_conv_and_norm, make_divisible, run_blocks
+from reprocls.models._base import Classifier, linear_head, run_blocks
+from reprocls.models._layers import ConvNormAct, InvertedResidual, init_conv_and_norm, make_divisible
 
 # One row per stage (Sandler et al. 2018, table 2):
 # expansion ratio t, output channels c, number of blocks n, stride s of the stage's first block.

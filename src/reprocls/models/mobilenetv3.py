@@ -13,14 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head
+from reprocls.models._base import Classifier, linear_head, run_blocks
 from reprocls.models._layers import (
     ConvNormAct,
     InvertedResidual,
     SqueezeExcite,
     init_conv_and_norm,
     make_divisible,
-    run_blocks,
 )
 
 RE, HS = nn.ReLU, nn.Hardswish  # the paper's names for its two nonlinearities

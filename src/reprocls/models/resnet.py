@@ -10,10 +10,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head
+from reprocls.models._base import Classifier, linear_head, run_blocks
 
 Stem = Literal["imagenet", "cifar"]
 Shortcut = Literal["A", "B"]
@@ -120,7 +119,7 @@ class ResNet(Classifier):
         else:
             self.conv1 = conv3x3(in_chans, stem_width)
             self.maxpool = nn.Identity()
-            self.stem_stride, self.default_input_size = 1, (in_chans, 32, 32)
+            self.stem_stride, self.default_input_size, self.designed_input_size = 1, (in_chans, 32, 32), 32
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
 
@@ -158,11 +157,7 @@ class ResNet(Classifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for name in self.stage_names:
-            stage = getattr(self, name)
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint_sequential(stage, len(stage), x, use_reentrant=False)
-            else:
-                x = stage(x)
+            x = run_blocks(getattr(self, name), x, self.grad_checkpointing)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -18,10 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head
+from reprocls.models._base import Classifier, linear_head, run_blocks
 from reprocls.models.vit import DropPath, Mlp, to_pair
 
 LAYER_NORM_EPS = 1e-5  # PyTorch's default, as in the paper's code and torchvision
@@ -254,11 +253,7 @@ class SwinTransformer(Classifier):
         x = self.patch_embed(x)
         for stage in self.stages:
             x = stage.downsample(x)
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                for block in stage.blocks:
-                    x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = stage.blocks(x)
+            x = run_blocks(stage.blocks, x, self.grad_checkpointing)
         return self.norm(x).permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -303,21 +298,21 @@ def _torchvision_key(key: str) -> str:
 def swin_t(*, num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, **kwargs: Any) -> SwinTransformer:
     """Swin-T (Liu et al. 2021, section 3.3), 28.3 M parameters at 224 px."""
     return SwinTransformer(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                           num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+                            num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
 
 
 @register_model
 def swin_s(*, num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, **kwargs: Any) -> SwinTransformer:
     """Swin-S (Liu et al. 2021, section 3.3), 49.6 M parameters at 224 px."""
     return SwinTransformer(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
-                           num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+                            num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
 
 
 @register_model
 def swin_b(*, num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, **kwargs: Any) -> SwinTransformer:
     """Swin-B (Liu et al. 2021, section 3.3), 87.8 M parameters at 224 px."""
     return SwinTransformer(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
-                           num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+                            num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
 
 
 @register_model
@@ -325,9 +320,11 @@ def swin_t_2(*, num_classes: int = 10, in_chans: int = 3, img_size: int = 32, **
     """Swin-T (Liu et al. 2021) for 28-32 px images: 2x2 patches, 4x4 windows; 27.5 M parameters.
 
     The trailing number is the patch size, as in `vit_ti_4`. At 32 px the stages see 16, 8, 4 and 2 tokens a
-    side, so the shifted windows still cross borders in the first two; the patch-2 stem (stride 2) does not
-    trigger the small-input warning.
+    side, so the shifted windows still cross borders in the first two; the model is marked as designed for 32 px, so
+    it does not trigger the small-input warning.
     """
     kwargs = {"patch_size": 2, "window_size": 4, **kwargs}
-    return SwinTransformer(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                           num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    model = SwinTransformer(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                            num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    model.designed_input_size = 32
+    return model

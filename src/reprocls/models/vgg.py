@@ -6,15 +6,13 @@ The `_bn` variants add BatchNorm after every convolution, as torchvision does (n
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head
+from reprocls.models._base import Classifier, checkpoint_block, linear_head
 
 Head = Literal["imagenet", "cifar"]
 
@@ -26,25 +24,6 @@ _DEPTHS = {
     19: (2, 2, 4, 4, 4),  # configuration E
 }
 _WIDTHS = (64, 128, 256, 512, 512)
-
-
-@contextlib.contextmanager
-def frozen_buffers(module: nn.Module) -> Iterator[None]:
-    """Undo, on exit, any change to the module's buffers (BatchNorm running statistics) made inside the block."""
-    saved = [(b, b.clone()) for b in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
-
-
-def checkpoint_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run `module` under activation checkpointing without updating BatchNorm running stats a second time."""
-    return checkpoint(
-        module, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), frozen_buffers(module))
-    )
 
 
 class VGG(Classifier):
@@ -104,7 +83,7 @@ class VGG(Classifier):
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.num_features = in_planes
             hidden = []
-            self.default_input_size = (in_chans, 32, 32)
+            self.default_input_size, self.designed_input_size = (in_chans, 32, 32), 32
         else:
             raise ValueError(f"unknown VGG head {head!r}: use 'imagenet' or 'cifar'")
         # The last layer of `classifier` is the classifier proper; the layers before it produce the embedding.
@@ -128,7 +107,7 @@ class VGG(Classifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
             for stage in self.stage_slices:
-                x = checkpoint_module(self.features[stage], x)
+                x = checkpoint_block(self.features[stage], x)
             return x
         return self.features(x)
 

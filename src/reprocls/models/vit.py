@@ -17,10 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head
+from reprocls.models._base import Classifier, linear_head, run_blocks
 
 LAYER_NORM_EPS = 1e-6  # the paper's JAX code and torchvision use 1e-6, not PyTorch's default 1e-5
 
@@ -196,11 +195,7 @@ class VisionTransformer(Classifier):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (batch, patches, dim), patches in row-major order
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(x + self.pos_embed)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-        else:
-            x = self.blocks(x)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -284,18 +279,13 @@ def _vit(
     )
 
 
-# For the patch-4 models the warning of `warn_if_input_too_small` (stem stride >= 4 at <= 64 px) would be a
-# false alarm: it targets ImageNet stems on small images, while a 4x4 patch embedding of a 32 px image is the
-# intended small-image design (an 8x8 token grid, 48 pixel values mapped to >= 192 channels). They report a
-# stem stride of 1 like our other small-image stems; the true patch size stays in `model.patch_size`.
-_SMALL_IMAGE_STEM_STRIDE = 1
 
 
 @register_model
 def vit_ti_4(*, num_classes: int = 10, in_chans: int = 3, img_size: int = 32, **kwargs: Any) -> VisionTransformer:
     """ViT-Ti/4 for 28-32 px images: DeiT-Ti widths (Touvron et al. 2021) on 4x4 patches (Dosovitskiy et al. 2021)."""
     model = _vit(4, 192, 12, 3, num_classes=num_classes, in_chans=in_chans, img_size=img_size, kwargs=kwargs)
-    model.stem_stride = _SMALL_IMAGE_STEM_STRIDE
+    model.designed_input_size = 32
     return model
 
 
@@ -303,7 +293,7 @@ def vit_ti_4(*, num_classes: int = 10, in_chans: int = 3, img_size: int = 32, **
 def vit_s_4(*, num_classes: int = 10, in_chans: int = 3, img_size: int = 32, **kwargs: Any) -> VisionTransformer:
     """ViT-S/4 for 28-32 px images: DeiT-S widths (Touvron et al. 2021) on 4x4 patches (Dosovitskiy et al. 2021)."""
     model = _vit(4, 384, 12, 6, num_classes=num_classes, in_chans=in_chans, img_size=img_size, kwargs=kwargs)
-    model.stem_stride = _SMALL_IMAGE_STEM_STRIDE
+    model.designed_input_size = 32
     return model
 
 

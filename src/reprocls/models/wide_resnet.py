@@ -7,38 +7,17 @@ torchvision's wide_resnet50_2 is a different model (an ImageNet bottleneck ResNe
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head
+from reprocls.models._base import Classifier, linear_head, run_blocks
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
-
-
-@contextlib.contextmanager
-def frozen_buffers(module: nn.Module) -> Iterator[None]:
-    """Undo, on exit, any change to the module's buffers (BatchNorm running statistics) made inside the block."""
-    saved = [(b, b.clone()) for b in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
-
-
-def checkpoint_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run `module` under activation checkpointing without updating BatchNorm running stats a second time."""
-    return checkpoint(
-        module, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), frozen_buffers(module))
-    )
 
 
 class WideBasicBlock(nn.Module):
@@ -88,7 +67,7 @@ class WideResNet(Classifier):
             raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1, got {depth}")
         n = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.default_input_size = (in_chans, 32, 32)
+        self.default_input_size, self.designed_input_size = (in_chans, 32, 32), 32
         self.conv1 = conv3x3(in_chans, 16)
 
         in_planes = 16
@@ -125,11 +104,7 @@ class WideResNet(Classifier):
         x = self.conv1(x)
         for name in self.stage_names:
             stage = getattr(self, name)
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                for block in stage:
-                    x = checkpoint_module(block, x)
-            else:
-                x = stage(x)
+            x = run_blocks(stage, x, self.grad_checkpointing)
         return self.relu(self.bn(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
