@@ -44,7 +44,8 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Non
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if rates[i, j] >= 0.005:
-                    ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    share = 100 * rates[i, j]
+                    ax.text(j, i, f"{share:.0f}" if share >= 1 else f"{share:.1f}", ha="center", va="center", fontsize=8,
                             color="white" if rates[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -53,6 +54,9 @@ def build_model(config: RunConfig, splits: DatasetSplits) -> nn.Module:
     """The recipe's model sized for the dataset's classes and channels."""
     kwargs = dict(config.model.kwargs)
     kwargs.update(num_classes=splits.num_classes, in_chans=config.model.in_chans or splits.in_chans)
+    name = config.model.name
+    if "/" not in name and name in MODELS and "img_size" in inspect.signature(MODELS.get(name)).parameters:
+        kwargs.setdefault("img_size", splits.image_size)  # token-grid models are built for the data's image size
     try:
         model = create_model(config.model.name, weights=config.model.weights, **kwargs)
     except TypeError as error:
