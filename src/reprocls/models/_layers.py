@@ -2,10 +2,13 @@
 
 Submodule names (`block`, `fc1`, `fc2`, numbered conv/norm/act) follow torchvision's, so its state
 dicts load into our models unchanged (MobileNetV2 needs one small key remap, see mobilenetv2.py).
+timm names the same layers by role (`conv_pw`, `conv_dw`, `se.conv_reduce`, ...); `remap_timm_mobile`
+translates its checkpoints of these families.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import torch
@@ -114,15 +117,21 @@ class InvertedResidual(nn.Module):
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
+        roles: list[str] = []
         if expanded_channels != in_channels:  # an expansion ratio of 1 skips the first 1x1
             layers.append(ConvNormAct(in_channels, expanded_channels, 1, norm=norm, act=act))
+            roles.append("expand")
         depthwise = ConvNormAct(expanded_channels, expanded_channels, kernel_size, stride, groups=expanded_channels,
                                 norm=norm, act=act)  # one kxk filter per channel
         layers.append(depthwise)
+        roles.append("depthwise")
         if se is not None:
             layers.append(se)
+            roles.append("se")
         layers.append(ConvNormAct(expanded_channels, out_channels, 1, norm=norm, act=None))  # linear bottleneck
+        roles.append("project")
         self.block = nn.Sequential(*layers)
+        self.layer_roles = tuple(roles)  # what each layer of `block` does, in order: for mapping foreign checkpoints
         self.use_residual = stride == 1 and in_channels == out_channels
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob if self.use_residual else 0.0)
         self.out_channels = out_channels
@@ -130,6 +139,97 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         return x + self.stochastic_depth(out) if self.use_residual else out
+
+
+# timm (timm/models/_efficientnet_blocks.py) names each layer of a block by its role; ours number the layers of
+# `InvertedResidual.block`, whose `layer_roles` say which number has which role. Per timm block type:
+# timm's layer name -> our role and the name inside it.
+TIMM_BLOCK_LAYERS = {
+    "InvertedResidual": {  # 1x1 expansion, depthwise, squeeze-excite, linear 1x1 projection
+        "conv_pw": "expand.0", "bn1": "expand.1", "conv_dw": "depthwise.0", "bn2": "depthwise.1",
+        "se.conv_reduce": "se.fc1", "se.conv_expand": "se.fc2", "conv_pwl": "project.0", "bn3": "project.1",
+    },
+    "DepthwiseSeparableConv": {  # no expansion (ratio 1), so its `conv_pw` is the projection
+        "conv_dw": "depthwise.0", "bn1": "depthwise.1",
+        "se.conv_reduce": "se.fc1", "se.conv_expand": "se.fc2", "conv_pw": "project.0", "bn2": "project.1",
+    },
+    "ConvBnAct": {"conv": "0", "bn1": "1"},  # a plain 1x1 conv-BN-act: our ConvNormAct
+}
+_TIMM_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(\d+)\.(.+)\.([a-z_]+)")  # stage, block, layer, tensor
+
+
+def remap_timm_mobile(
+    model: nn.Module, state: dict[str, torch.Tensor], top_level: dict[str, str], *, nested_stages: bool
+) -> dict[str, torch.Tensor]:
+    """Translate a checkpoint of timm's EfficientNet-style models (EfficientNet, MobileNetV2, MobileNetV3).
+
+    timm keeps `conv_stem`, `bn1`, `blocks.<stage>.<block>.<layer>`, `conv_head`, ...; `top_level` maps the
+    layers outside `blocks` to ours (e.g. {"conv_stem": "features.0.0"}). timm's block (s, i) is our
+    `features.<s + 1>.<i>` when our `features` nests the stages (`nested_stages`), else the flat
+    `features.<1 + blocks in earlier stages + i>`. The block type comes from timm's layer names (only
+    InvertedResidual has `conv_pwl`, only ConvBnAct has a bare `conv`). Keys that find no place in the
+    model pass through unchanged, so the strict load reports them.
+    """
+    layers_of: dict[tuple[int, int], set[str]] = {}
+    for key in state:
+        match = _TIMM_BLOCK_KEY.fullmatch(key)
+        if match:
+            layers_of.setdefault((int(match[1]), int(match[2])), set()).add(match[3])
+    stage_lengths: dict[int, int] = {}
+    for stage, index in layers_of:
+        stage_lengths[stage] = max(stage_lengths.get(stage, 0), index + 1)
+
+    def our_block_name(stage: int, index: int, layer: str) -> str | None:
+        layers = layers_of[(stage, index)]
+        kind = "ConvBnAct"
+        if "conv_pwl" in layers:
+            kind = "InvertedResidual"
+        elif "conv_dw" in layers:
+            kind = "DepthwiseSeparableConv"
+        name = TIMM_BLOCK_LAYERS[kind].get(layer)
+        if nested_stages:
+            path = f"features.{stage + 1}.{index}"
+        else:
+            path = f"features.{1 + sum(stage_lengths.get(s, 0) for s in range(stage)) + index}"
+        try:
+            ours = model.get_submodule(path)
+        except AttributeError:
+            return None
+        if name is None:
+            return None
+        if kind == "ConvBnAct":
+            return f"{path}.{name}" if isinstance(ours, ConvNormAct) else None
+        role, inner = name.split(".", 1)
+        if not isinstance(ours, InvertedResidual) or role not in ours.layer_roles:
+            return None
+        return f"{path}.block.{ours.layer_roles.index(role)}.{inner}"
+
+    remapped = {}
+    for key, value in state.items():
+        layer, _, tensor = key.rpartition(".")
+        match = _TIMM_BLOCK_KEY.fullmatch(key)
+        if match:
+            ours = our_block_name(int(match[1]), int(match[2]), match[3])
+            key = key if ours is None else f"{ours}.{match[4]}"
+        elif layer in top_level:
+            key = f"{top_level[layer]}.{tensor}"
+        remapped[key] = value
+    return remapped
+
+
+def match_batchnorm_eps(model: nn.Module, state: dict[str, torch.Tensor], eps: float) -> dict[str, torch.Tensor]:
+    """Running variances shifted so that a checkpoint trained with BatchNorm `eps` computes the same in our model.
+
+    Evaluation divides by sqrt(running_var + eps); storing running_var + eps - ours.eps makes our layer (say
+    eps 1e-3) divide by exactly what the checkpoint's (say 1e-5) did. A variance below the difference becomes
+    slightly negative, which is harmless: the sum under the root stays positive, in training too.
+    """
+    state = dict(state)
+    for name, module in model.named_modules():
+        key = f"{name}.running_var"
+        if isinstance(module, nn.BatchNorm2d) and module.eps != eps and key in state:
+            state[key] = state[key] + (eps - module.eps)
+    return state
 
 
 def init_conv_and_norm(model: nn.Module) -> None:

@@ -1,6 +1,7 @@
 """EfficientNet-B0..B7 (Tan & Le 2019): the searched B0 network scaled up in width, depth and resolution together.
 
-Module names follow torchvision's EfficientNet (`features`, `classifier`), so its state dicts load unchanged.
+Module names follow torchvision's EfficientNet (`features`, `classifier`), so its state dicts load unchanged;
+timm's `efficientnet_b0`..`b7` checkpoints (same architecture, named by role) load through `remap_state_dict`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from reprocls.models._layers import (
     SqueezeExcite,
     init_conv_and_norm,
     make_divisible,
+    match_batchnorm_eps,
+    remap_timm_mobile,
 )
 
 # The B0 baseline, one row per stage (Tan & Le 2019, table 1): MBConv expansion ratio, kernel,
@@ -51,6 +54,7 @@ SCALING = {
 }
 # torchvision's B5-B7 keep TensorFlow's BatchNorm settings (eps 1e-3, decay 0.99); B0-B4 use PyTorch's defaults.
 TF_BATCHNORM = {"norm_eps": 1e-3, "norm_momentum": 0.01}
+TIMM_BATCHNORM_EPS = 1e-5  # timm's efficientnet_b0..b7 (not its tf_ ports) use PyTorch's default throughout
 
 
 class EfficientNet(Classifier):
@@ -133,6 +137,24 @@ class EfficientNet(Classifier):
     def reset_classifier(self, num_classes: int) -> None:
         self.classifier[1] = linear_head(self.num_features, num_classes)
         self._init_linear(self.classifier[1])
+
+    def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Accept timm's key names (`conv_stem`, `blocks.s.i.conv_dw`, `conv_head`); torchvision's need none.
+
+        timm's `efficientnet_b*` train every BatchNorm with eps 1e-5; our B5-B7 use torchvision's 1e-3, so their
+        running variances are shifted to compute the same (`match_batchnorm_eps`). timm's `tf_efficientnet_*`
+        ports load too but are not the same function: they pad like TensorFlow ('same', asymmetric at stride 2).
+        """
+        if "conv_stem.weight" not in state:
+            return state
+        head = len(self.features) - 1
+        top_level = {
+            "conv_stem": "features.0.0", "bn1": "features.0.1",
+            "conv_head": f"features.{head}.0", "bn2": f"features.{head}.1",
+            "classifier": "classifier.1",
+        }
+        state = remap_timm_mobile(self, state, top_level, nested_stages=True)
+        return match_batchnorm_eps(self, state, TIMM_BATCHNORM_EPS)
 
 
 def _efficientnet(variant: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> EfficientNet:

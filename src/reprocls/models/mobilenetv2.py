@@ -1,7 +1,8 @@
 """MobileNetV2 (Sandler et al. 2018): inverted residuals with linear bottlenecks.
 
 Module names follow torchvision's MobileNetV2 (`features`, `classifier`); its blocks name their layers
-`conv.0 ... conv.3` where ours say `block.0 ... block.2`, and `remap_state_dict` translates them.
+`conv.0 ... conv.3` where ours say `block.0 ... block.2`, and `remap_state_dict` translates them. It also
+translates timm's `mobilenetv2_100` checkpoints (the same network, its layers named by role).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from torch import nn
 
 from reprocls.models import register_model
 from reprocls.models._base import Classifier, linear_head, run_blocks
-from reprocls.models._layers import ConvNormAct, InvertedResidual, init_conv_and_norm, make_divisible
+from reprocls.models._layers import (
+    ConvNormAct,
+    InvertedResidual,
+    init_conv_and_norm,
+    make_divisible,
+    remap_timm_mobile,
+)
 
 # One row per stage (Sandler et al. 2018, table 2):
 # expansion ratio t, output channels c, number of blocks n, stride s of the stage's first block.
@@ -97,7 +104,19 @@ class MobileNetV2(Classifier):
         self._init_linear(self.classifier[1])
 
     def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """torchvision's `features.i.conv.j` keys to ours; its last conv and BN become our projection's 0 and 1."""
+        """torchvision's `features.i.conv.j` keys to ours; its last conv and BN become our projection's 0 and 1.
+
+        timm's keys (`conv_stem`, `blocks.s.i.conv_pw`, `conv_head`) are translated by `remap_timm_mobile`;
+        timm numbers blocks within stages, our `features` is flat.
+        """
+        if "conv_stem.weight" in state:
+            head = len(self.features) - 1
+            top_level = {
+                "conv_stem": "features.0.0", "bn1": "features.0.1",
+                "conv_head": f"features.{head}.0", "bn2": f"features.{head}.1",
+                "classifier": "classifier.1",
+            }
+            return remap_timm_mobile(self, state, top_level, nested_stages=False)
         remapped = {}
         for key, value in state.items():
             match = re.fullmatch(r"features\.(\d+)\.conv\.(\d+)\.(.+)", key)

@@ -1,6 +1,7 @@
 """MobileNetV3 (Howard et al. 2019): searched inverted residuals with squeeze-excite and h-swish, Large and Small.
 
-Module names follow torchvision's MobileNetV3 (`features`, `classifier`), so its state dicts load unchanged.
+Module names follow torchvision's MobileNetV3 (`features`, `classifier`), so its state dicts load unchanged;
+timm's `mobilenetv3_large_100` and `mobilenetv3_small_100` checkpoints load through `remap_state_dict`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from reprocls.models._layers import (
     SqueezeExcite,
     init_conv_and_norm,
     make_divisible,
+    match_batchnorm_eps,
+    remap_timm_mobile,
 )
 
 RE, HS = nn.ReLU, nn.Hardswish  # the paper's names for its two nonlinearities
@@ -58,6 +61,7 @@ SMALL = (  # Howard et al. 2019, table 2
 STEM_WIDTH = 16
 # BatchNorm of the TensorFlow reference (eps 1e-3, decay 0.99), as torchvision uses for these models.
 BatchNorm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
+TIMM_BATCHNORM_EPS = 1e-5  # timm's mobilenetv3_* (not its tf_ ports) keep PyTorch's default
 
 BlockRow = tuple[int, int, int, bool, type[nn.Module], int]
 
@@ -134,6 +138,25 @@ class MobileNetV3(Classifier):
     def reset_classifier(self, num_classes: int) -> None:
         self.classifier[3] = linear_head(self.num_features, num_classes)
         self._init_linear(self.classifier[3])
+
+    def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Accept timm's key names; torchvision's need none.
+
+        timm's last stage is the 1x1 conv to 6x the width (our last `features` entry); its `conv_head` is a 1x1
+        convolution with bias applied after pooling, the same map as our hidden Linear, whose weight it
+        becomes. timm trains every BatchNorm with eps 1e-5 where ours use 1e-3, so the running variances are
+        shifted to compute the same (`match_batchnorm_eps`). timm's `tf_mobilenetv3_*` ports load too but are not
+        the same function: they pad like TensorFlow ('same', asymmetric at stride 2).
+        """
+        if "conv_stem.weight" not in state:
+            return state
+        top_level = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": "classifier.0",
+                     "classifier": "classifier.3"}
+        state = remap_timm_mobile(self, state, top_level, nested_stages=False)
+        hidden = state.get("classifier.0.weight")
+        if hidden is not None and hidden.ndim == 4:  # (out, in, 1, 1) -> (out, in)
+            state["classifier.0.weight"] = hidden.flatten(1)
+        return match_batchnorm_eps(self, state, TIMM_BATCHNORM_EPS)
 
 
 @register_model

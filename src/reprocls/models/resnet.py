@@ -1,6 +1,7 @@
 """ResNet (He et al. 2016): the CIFAR-style 6n+2 networks of section 4.2 and the ImageNet-style 18-152.
 
-Module names follow torchvision's ResNet, so its state dicts load into ours unchanged.
+Module names follow torchvision's ResNet, so its state dicts load into ours unchanged; so do timm's
+`resnet18` ... `resnet152` (the same names and the same v1.5 bottleneck, stride on the 3x3).
 """
 
 from __future__ import annotations

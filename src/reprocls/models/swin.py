@@ -6,8 +6,8 @@ windows by half a window so information crosses window borders (section 3.2).
 
 Feature maps whose size is not a multiple of the window are zero-padded at the bottom and right before
 attention and cropped after, as torchvision does, so any input size works (the padding takes part in
-attention as zero tokens, as in the authors' code). torchvision checkpoints load through
-`remap_state_dict`.
+attention as zero tokens, as in the authors' code). torchvision and timm checkpoints (and the authors',
+which older timm releases share) load through `remap_state_dict`.
 """
 
 from __future__ import annotations
@@ -270,10 +270,19 @@ class SwinTransformer(Classifier):
             nn.init.zeros_(self.head.bias)
 
     def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Accept torchvision's key names; the relative position index is derived, never loaded."""
+        """Accept torchvision's and timm's key names; position indices and attention masks are derived, never loaded.
+
+        timm names our `stages` `layers` and its classifier `head.fc`, and like us merges patches at the start of
+        a stage. The authors' checkpoints (and older timm releases) merge at the end of the previous stage
+        (`layers.0.downsample` exists) and name the classifier `head`; both layouts are accepted.
+        """
         if "features.0.0.weight" in state:
             state = {_torchvision_key(key): value for key, value in state.items()}
-        return {key: value for key, value in state.items() if not key.endswith("relative_position_index")}
+        elif any(key.startswith("layers.") for key in state):
+            merge_at_end = "layers.0.downsample.reduction.weight" in state
+            state = {_timm_key(key, merge_at_end): value for key, value in state.items()}
+        derived = ("relative_position_index", "attn_mask")
+        return {key: value for key, value in state.items() if not key.endswith(derived)}
 
 
 def _torchvision_key(key: str) -> str:
@@ -288,6 +297,14 @@ def _torchvision_key(key: str) -> str:
         else:  # even positions > 0 hold the merging that opens stage position / 2
             key = f"stages.{position // 2}.downsample.{rest}"
     return re.sub(r"\.mlp\.0\.", ".mlp.fc1.", re.sub(r"\.mlp\.3\.", ".mlp.fc2.", key))
+
+
+def _timm_key(key: str, merge_at_end: bool) -> str:
+    """timm's `layers.i` are our `stages.i`; with `merge_at_end`, `layers.i.downsample` opens our stage i + 1."""
+    if merge_at_end:
+        key = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.", key)
+    key = re.sub(r"^layers\.", "stages.", key)
+    return re.sub(r"^head\.fc\.", "head.", key)
 
 
 # The paper trains with drop_path_rate 0.2 (T), 0.3 (S) and 0.5 (B) (appendix A2.1); like every regulariser

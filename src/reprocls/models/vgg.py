@@ -1,6 +1,7 @@
 """VGG (Simonyan & Zisserman 2015): stages of 3x3 convolutions, each closed by a 2x2 max-pool, then an MLP head.
 
-Module names follow torchvision's VGG (`features`, `avgpool`, `classifier`), so its state dicts load unchanged.
+Module names follow torchvision's VGG (`features`, `avgpool`, `classifier`), so its state dicts load unchanged;
+timm's VGG checkpoints load through `remap_state_dict`.
 The `_bn` variants add BatchNorm after every convolution, as torchvision does (not part of the paper).
 """
 
@@ -123,6 +124,28 @@ class VGG(Classifier):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.classifier[-1] = linear_head(self.num_features, num_classes)
+
+    def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Accept timm's VGG checkpoints; torchvision's need no change.
+
+        timm's head is a ConvMlp: `pre_logits.fc1` a 7x7 convolution over the 512x7x7 map and `pre_logits.fc2` a
+        1x1 convolution, then `head.fc`. On a 7x7 map these are our Linear layers `classifier.0` and `.3`, their
+        weights flattened in the (channel, row, column) order of our `torch.flatten`. The outputs agree for
+        inputs up to 224 px, where both pool the last map to 7x7 first; on larger maps timm slides the 7x7
+        convolution and averages, while we pool to 7x7.
+        """
+        if "pre_logits.fc1.weight" not in state:
+            return state
+        renames = {"pre_logits.fc1": "classifier.0", "pre_logits.fc2": "classifier.3", "head.fc": "classifier.6"}
+        remapped = {}
+        for key, value in state.items():
+            layer, _, tensor = key.rpartition(".")
+            if layer in renames:
+                key = f"{renames[layer]}.{tensor}"
+                if tensor == "weight":
+                    value = value.flatten(1)  # (out, in, k, k) -> (out, in * k * k); a Linear weight stays as is
+            remapped[key] = value
+        return remapped
 
 
 def _vgg(depth: int, batch_norm: bool, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> VGG:

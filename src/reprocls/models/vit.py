@@ -3,9 +3,10 @@
 The 224 px models carry torchvision's names and sizes (B/16, B/32, L/16); the Ti and S widths are
 DeiT's (Touvron et al. 2021, table 1). Patch-4 variants read 28-32 px images as an 8x8 (or 7x7) token grid.
 
-Module names are our own (`blocks.3.attn.qkv`); `remap_state_dict` maps torchvision checkpoints onto
-them and resamples the position embedding when a checkpoint was trained at another image size
-(paper section 3.2). The layers `DropPath` and `Mlp` are shared with the Swin family.
+Module names are timm's (`blocks.3.attn.qkv`) except the patch embedding (timm: `patch_embed.proj`);
+`remap_state_dict` maps timm and torchvision checkpoints onto them and resamples the position embedding
+when a checkpoint was trained at another image size (paper section 3.2). The layers `DropPath` and `Mlp`
+are shared with the Swin family.
 """
 
 from __future__ import annotations
@@ -210,9 +211,14 @@ class VisionTransformer(Classifier):
         self._init_head()
 
     def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Accept torchvision's key names, and resample position embeddings trained at another image size."""
+        """Accept torchvision's and timm's key names, and resample position embeddings trained at another size.
+
+        timm's ViTs (`vit_tiny_patch16_224` ...) differ from ours only in `patch_embed.proj` (ours: `patch_embed`).
+        """
         if "conv_proj.weight" in state:
             state = {_torchvision_key(key): value for key, value in state.items()}
+        if "patch_embed.proj.weight" in state:
+            state = {key.replace("patch_embed.proj.", "patch_embed.", 1): value for key, value in state.items()}
         pos_embed = state.get("pos_embed")
         if pos_embed is not None and pos_embed.shape != self.pos_embed.shape:
             state = {**state, "pos_embed": resample_pos_embed(pos_embed, self.grid_size)}
