@@ -1,9 +1,9 @@
 """Run every family's Fashion-MNIST recipe at a short schedule and print a markdown table of the results.
 
 A smoke-level accuracy per family on a budget that fits a 2-core CPU, not a reproduction: each recipe is cut
-to the first N (class-balanced) training images and E epochs. The untouched 10k test set is always used.
+to N class-balanced training images, E epochs and no validation split. The untouched 10k test set is always used.
 
-    .venv/bin/python benchmarks/short_recipes.py [--limit-train 10000] [--epochs 3] [RECIPE ...]
+    .venv/bin/python benchmarks/short_recipes.py [--limit-train 5000] [--epochs 3] [RECIPE ...]
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ FAMILY_RECIPES = ["vgg11_bn", "wrn_16_8", "mobilenet_v2", "mobilenet_v3_small", 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", default=[f"configs/fashion_mnist/{name}.yaml" for name in FAMILY_RECIPES])
-    parser.add_argument("--limit-train", type=int, default=10_000)
+    parser.add_argument("--limit-train", type=int, default=5_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--output-dir", default="runs/short")
     args = parser.parse_args()
     rows = []
     for recipe in args.recipes:
-        overrides = [f"data.limit_train={args.limit_train}", f"schedule.epochs={args.epochs}", f"output_dir={args.output_dir}"]
+        overrides = [f"data.limit_train={args.limit_train}", f"schedule.epochs={args.epochs}", "data.val_fraction=0",
+                     f"output_dir={args.output_dir}"]
         config = load_config(recipe, overrides)
         start = time.perf_counter()
         run_dir, results = train_recipe(config, progress=False, echo=False)
