@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reprocls.models._base import Classifier, linear_head
+
 NormLayer = Callable[[int], nn.Module]  # channels -> normalization module, e.g. partial(nn.BatchNorm2d, eps=1e-3)
 ActLayer = Callable[..., nn.Module]  # an activation class taking `inplace`: nn.ReLU6, nn.Hardswish, nn.SiLU
 
@@ -24,6 +26,29 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     min_value = divisor if min_value is None else min_value
     rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class PooledDropoutLinear(Classifier):
+    """The head of MobileNetV2 and EfficientNet: global average pool, then `classifier = (Dropout, Linear)`."""
+
+    classifier: nn.Sequential
+    num_features: int
+
+    @staticmethod
+    def _init_linear(layer: nn.Module) -> None:
+        """Each family sets its own dense-layer initialisation."""
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return x if pre_logits else self.classifier(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier[-1] = linear_head(self.num_features, num_classes)
+        self._init_linear(self.classifier[-1])
 
 
 class ConvNormAct(nn.Sequential):

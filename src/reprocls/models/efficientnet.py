@@ -11,14 +11,14 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head, run_blocks
+from reprocls.models._base import linear_head, run_blocks
 from reprocls.models._layers import (
     ConvNormAct,
     InvertedResidual,
+    PooledDropoutLinear,
     SqueezeExcite,
     init_conv_and_norm,
     make_divisible,
@@ -57,7 +57,7 @@ TF_BATCHNORM = {"norm_eps": 1e-3, "norm_momentum": 0.01}
 TIMM_BATCHNORM_EPS = 1e-5  # timm's efficientnet_b0..b7 (not its tf_ ports) use PyTorch's default throughout
 
 
-class EfficientNet(Classifier):
+class EfficientNet(PooledDropoutLinear):
     """A stride-2 3x3 stem, seven stages of MBConv blocks, a 1x1 conv, pooling and a linear head.
 
     `features` holds [stem, stage 1, ..., stage 7, head conv] with each stage a sequence of blocks;
@@ -123,20 +123,6 @@ class EfficientNet(Classifier):
         blocks = [block for stage in self.features[1:-1] for block in stage]
         x = run_blocks(blocks, x, self.grad_checkpointing)
         return self.features[-1](x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        if pre_logits:
-            return x
-        dropout, fc = self.classifier
-        return fc(dropout(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[1] = linear_head(self.num_features, num_classes)
-        self._init_linear(self.classifier[1])
 
     def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Accept timm's key names (`conv_stem`, `blocks.s.i.conv_dw`, `conv_head`); torchvision's need none.

@@ -11,14 +11,14 @@ import re
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head, run_blocks
+from reprocls.models._base import linear_head, run_blocks
 from reprocls.models._layers import (
     ConvNormAct,
     InvertedResidual,
+    PooledDropoutLinear,
     init_conv_and_norm,
     make_divisible,
     remap_timm_mobile,
@@ -38,7 +38,7 @@ STAGES = (
 STEM_WIDTH, HEAD_WIDTH = 32, 1280
 
 
-class MobileNetV2(Classifier):
+class MobileNetV2(PooledDropoutLinear):
     """A stride-2 3x3 stem, 17 inverted residual blocks, a 1x1 conv to 1280 channels, pooling and a linear head.
 
     `features` holds [stem, block, ..., block, head conv]; `classifier` is [dropout, linear].
@@ -88,20 +88,6 @@ class MobileNetV2(Classifier):
         x = self.features[0](x)
         x = run_blocks(self.features[1:-1], x, self.grad_checkpointing)
         return self.features[-1](x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        if pre_logits:
-            return x
-        dropout, fc = self.classifier
-        return fc(dropout(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[1] = linear_head(self.num_features, num_classes)
-        self._init_linear(self.classifier[1])
 
     def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """torchvision's `features.i.conv.j` keys to ours; its last conv and BN become our projection's 0 and 1.
