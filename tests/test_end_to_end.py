@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from reprocls import create_model
 from reprocls.cli import main
-from reprocls.config import load_config
+from reprocls.config import ConfigError, load_config
 from reprocls.experiments.run import train_recipe
 
 pytestmark = pytest.mark.slow
@@ -101,3 +101,10 @@ def test_cli_rejects_bad_recipe_before_work(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "unknown key 'optim.lrr'" in done.stderr and "'lr'" in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_model_that_cannot_take_the_image_size_fails_before_training(fmnist_root: Path, tmp_path: Path) -> None:
+    config = small_recipe(fmnist_root, tmp_path, "model.name=vgg11_bn", "model.kwargs={head: cifar}")
+    with pytest.raises(ConfigError, match=r"model\.name: vgg11_bn cannot take 1x28x28 inputs.*data\.image_size"):
+        train_recipe(config, progress=False, echo=False)
+    assert not any(tmp_path.iterdir())  # no run folder for a run that never started

@@ -62,7 +62,22 @@ def build_model(config: RunConfig, splits: DatasetSplits) -> nn.Module:
     except TypeError as error:
         raise ConfigError(f"model.kwargs: {config.model.name} rejected {kwargs}: {error}") from None
     warn_if_input_too_small(model, splits.image_size)
+    check_input_fits(model, config.model.name, kwargs["in_chans"], splits.image_size)
     return model
+
+
+def check_input_fits(model: nn.Module, name: str, in_chans: int, image_size: int) -> None:
+    """One tiny forward before training, so a model that cannot take the data's image size fails at once."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, image_size, image_size))
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"model.name: {name} cannot take {in_chans}x{image_size}x{image_size} inputs ({error}). "
+                          "Set data.image_size to a size it accepts, or pick a small-image variant.") from None
+    finally:
+        model.train(was_training)
 
 
 class RunFolder:
