@@ -158,3 +158,12 @@ def test_random_erase_zeroes_one_rectangle_per_chosen_image() -> None:
         height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
         assert height * width == int(erased[i])  # a solid rectangle
         assert 0.02 * 256 - 8 <= height * width <= 0.33 * 256 + 8
+
+
+def test_upscaled_small_images_keep_the_in_memory_small_preset(fmnist_root: Path) -> None:
+    config = DataConfig(root=str(fmnist_root), image_size=96, limit_train=64, batch_size=16)
+    splits = load_dataset(config, seed=0)
+    loader = make_loader(splits.train, splits, config, train=True, device=CPU, seed=0, channels_last=False)
+    assert isinstance(loader, TensorLoader) and loader.crop_padding == config.augment.crop_padding
+    images, _ = next(iter(loader))
+    assert images.shape == (16, 1, 96, 96)

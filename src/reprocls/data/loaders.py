@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from reprocls.config import DataConfig
+from reprocls.config import ConfigError, DataConfig
 from reprocls.data.datasets import DatasetSplits, FileSplit, Split, TensorSplit
 from reprocls.data.transforms import eval_transform, resolve_preset, train_transform
 
@@ -161,11 +161,12 @@ def use_in_memory(data: DataConfig, splits: DatasetSplits) -> bool:
 def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train: bool, device: torch.device,
                 seed: int, channels_last: bool) -> Loader:
     """The fastest faithful loader for a split: batch augmentation in memory, else per-image v2 transforms."""
-    preset = resolve_preset(data.preset, splits.image_size)
+    native_size = split.images.shape[-1] if isinstance(split, TensorSplit) else splits.image_size
+    preset = resolve_preset(data.preset, native_size)  # 28 px images upscaled to 96 still get the small-image preset
     batch_size = data.batch_size if train else data.eval_batch_size
     if isinstance(split, TensorSplit) and use_in_memory(data, splits):
         if train and preset == "imagenet":
-            raise ValueError("data.preset=imagenet needs the per-image pipeline: set data.in_memory=no")
+            raise ConfigError("data.preset: imagenet needs the per-image pipeline; set data.in_memory=no or data.preset=small")
         augment = train and preset == "small"
         return TensorLoader(split, batch_size=batch_size, mean=splits.mean, std=splits.std, device=device, train=train,
                             seed=seed, image_size=splits.image_size, crop_padding=data.augment.crop_padding if augment else 0,

@@ -178,13 +178,6 @@ def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True)
     wall_start = time.perf_counter()
     session = prepare(config)
     splits, model, device = session.splits, session.model, session.device
-    run = RunFolder(config)
-    say = print if echo else (lambda *a, **k: None)
-    say(f"run folder: {run.path}")
-    run.write_json("environment.json", environment())
-    if splits.split_record is not None:
-        run.write_json("splits.json", splits.split_record)
-
     loader_args = dict(device=device, seed=config.seed, channels_last=session.channels_last)
     train_loader = make_loader(splits.train, splits, config.data, train=True, **loader_args)
     val_loader = make_loader(splits.val, splits, config.data, train=False, **loader_args) if splits.val else None
@@ -194,6 +187,12 @@ def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
     scaler = torch.amp.GradScaler(device.type) if session.amp_dtype == torch.float16 else None
     params = sum(p.numel() for p in model.parameters())
+    run = RunFolder(config)  # only now: a recipe that fails to set up leaves no half-made run folder
+    say = print if echo else (lambda *a, **k: None)
+    say(f"run folder: {run.path}")
+    run.write_json("environment.json", environment())
+    if splits.split_record is not None:
+        run.write_json("splits.json", splits.split_record)
     say(f"{config.model.name} ({params / 1e6:.3f} M params) on {splits.name}: {len(splits.train)} train / "
         f"{len(splits.val) if splits.val else 0} val / {len(splits.test)} test, device {device}, "
         f"precision {session.amp_dtype or 'fp32'}, channels_last {session.channels_last}, "
