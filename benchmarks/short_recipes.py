@@ -23,18 +23,20 @@ def main() -> None:
     parser.add_argument("recipes", nargs="*", default=[f"configs/fashion_mnist/{name}.yaml" for name in FAMILY_RECIPES])
     parser.add_argument("--limit-train", type=int, default=5_000)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=None, help="override the recipes' batch (more, smaller steps)")
     parser.add_argument("--output-dir", default="runs/short")
     args = parser.parse_args()
     rows = []
     for recipe in args.recipes:
         overrides = [f"data.limit_train={args.limit_train}", f"schedule.epochs={args.epochs}", "data.val_fraction=0",
-                     f"output_dir={args.output_dir}"]
+                     f"output_dir={args.output_dir}"] + ([f"data.batch_size={args.batch_size}"] if args.batch_size else [])
         config = load_config(recipe, overrides)
         start = time.perf_counter()
         run_dir, results = train_recipe(config, progress=False, echo=False)
         rows.append((Path(recipe).stem, results, time.perf_counter() - start, run_dir))
         print(f"{Path(recipe).stem}: test top-1 {100 * results['test']['top1']:.2f} % in {rows[-1][2]:.0f} s", flush=True)
-    print(f"\n{args.limit_train} training images, {args.epochs} epochs, full 10k test set\n")
+    batch = f", batch {args.batch_size}" if args.batch_size else ""
+    print(f"\n{args.limit_train} training images, {args.epochs} epochs{batch}, full 10k test set\n")
     print("| recipe | params | test top-1 | train img/s | wall time | table reference |")
     print("|---|---|---|---|---|---|")
     for name, results, seconds, _ in rows:
