@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from reprocls import create_model
 from reprocls.analysis import family_representatives
 from reprocls.models import MODELS
 

@@ -77,10 +77,6 @@ class TensorLoader:
         n = len(self.labels)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
-    @property
-    def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.train else len(self.labels)
-
     def __iter__(self) -> Iterator[Batch]:
         self.generator.manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.labels)
@@ -140,10 +136,6 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.loader) * self.loader.batch_size if self.train and self.loader.drop_last else len(self.loader.dataset)
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels in self.loader:

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from reprocls.config import ConfigError, RunConfig, build, dump, to_dict
+from reprocls.config import ConfigError, RunConfig, apply_overrides, build, dump, to_dict
 from reprocls.data import DATASETS, load_dataset, make_loader
 from reprocls.data.datasets import DatasetSplits
 from reprocls.engine import (SCHEDULERS, EvalResult, build_optimizer, build_scheduler, evaluate, fit,
@@ -258,15 +258,11 @@ def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str]
                    progress: bool = True) -> dict[str, Any]:
     """Re-evaluate a trained model on a split with the preprocessing and precision it was trained with."""
     weights, run_dir = locate_weights(Path(target))
-    from safetensors import safe_open
-
     with safe_open(str(weights), framework="pt") as handle:
         metadata = handle.metadata() or {}
     if "config" not in metadata:
         raise ValueError(f"{weights} carries no reprocls metadata; load it with create_model(name, weights=...) instead")
     raw = json.loads(metadata["config"])
-    from reprocls.config import apply_overrides
-
     config: RunConfig = build(RunConfig, apply_overrides(raw, list(overrides or [])))
     config.model.weights = None
     session = prepare(config)
@@ -290,8 +286,3 @@ def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str]
         if recorded:
             out["recorded"] = {k: recorded[k] for k in ("top1", "top5", "loss")}
     return out
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    """The resolved config saved in a run folder."""
-    return build(RunConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
