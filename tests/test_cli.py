@@ -42,3 +42,10 @@ def test_config_lists_every_key(capsys: pytest.CaptureFixture) -> None:
     assert main(["config"]) == 0
     out = capsys.readouterr().out
     assert "optim.lr_reference_batch" in out and "data.augment.random_erasing" in out
+
+
+def test_data_stats_measures_the_known_constants(fmnist_root, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "stats", "fashion_mnist", "--root", str(fmnist_root)]) == 0
+    out = capsys.readouterr().out
+    assert "60000 training images" in out
+    assert "measured  mean [0.286]  std [0.353]" in out
