@@ -42,6 +42,23 @@ class Classifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class PooledFcClassifier(Classifier):
+    """Global average pooling then one linear layer named `fc` (ResNet, WideResNet)."""
+
+    fc: nn.Module
+    num_features: int
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(x.mean((2, 3)), 1)
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = linear_head(self.num_features, num_classes)
+
+
 def linear_head(in_features: int, num_classes: int) -> nn.Module:
     """A linear classifier, or an identity when num_classes is 0 (feature extraction)."""
     return nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()

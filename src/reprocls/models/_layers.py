@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprocls.models._base import Classifier, linear_head
+from reprocls.models._base import Classifier, linear_head, run_blocks
 
 NormLayer = Callable[[int], nn.Module]  # channels -> normalization module, e.g. partial(nn.BatchNorm2d, eps=1e-3)
 ActLayer = Callable[..., nn.Module]  # an activation class taking `inplace`: nn.ReLU6, nn.Hardswish, nn.SiLU
@@ -28,7 +28,18 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-class PooledDropoutLinear(Classifier):
+class FeatureStack(Classifier):
+    """torchvision-style `features`: a stem, the blocks (checkpointed when asked), and a final convolution."""
+
+    features: nn.Sequential
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features[0](x)
+        x = run_blocks(self.features[1:-1], x, self.grad_checkpointing)
+        return self.features[-1](x)
+
+
+class PooledDropoutLinear(FeatureStack):
     """The head of MobileNetV2 and EfficientNet: global average pool, then `classifier = (Dropout, Linear)`."""
 
     classifier: nn.Sequential

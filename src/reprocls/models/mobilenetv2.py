@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import linear_head, run_blocks
+from reprocls.models._base import linear_head
 from reprocls.models._layers import (
     ConvNormAct,
     InvertedResidual,
@@ -83,11 +83,6 @@ class MobileNetV2(PooledDropoutLinear):
         if isinstance(layer, nn.Linear):
             nn.init.normal_(layer.weight, 0.0, 0.01)
             nn.init.zeros_(layer.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features[0](x)
-        x = run_blocks(self.features[1:-1], x, self.grad_checkpointing)
-        return self.features[-1](x)
 
     def remap_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """torchvision's `features.i.conv.j` keys to ours; its last conv and BN become our projection's 0 and 1.

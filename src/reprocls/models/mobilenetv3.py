@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head, run_blocks
+from reprocls.models._base import linear_head
 from reprocls.models._layers import (
     ConvNormAct,
+    FeatureStack,
     InvertedResidual,
     SqueezeExcite,
     init_conv_and_norm,
@@ -66,7 +67,7 @@ TIMM_BATCHNORM_EPS = 1e-5  # timm's mobilenetv3_* (not its tf_ ports) keep PyTor
 BlockRow = tuple[int, int, int, bool, type[nn.Module], int]
 
 
-class MobileNetV3(Classifier):
+class MobileNetV3(FeatureStack):
     """A stride-2 h-swish stem, the table's blocks, a 1x1 conv to 6x the last width, pooling and a two-layer head.
 
     `features` holds [stem, block, ..., block, head conv]; `classifier` is [linear, h-swish, dropout, linear].
@@ -121,11 +122,6 @@ class MobileNetV3(Classifier):
         if isinstance(layer, nn.Linear):
             nn.init.normal_(layer.weight, 0.0, 0.01)
             nn.init.zeros_(layer.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features[0](x)
-        x = run_blocks(self.features[1:-1], x, self.grad_checkpointing)
-        return self.features[-1](x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         hidden, act, dropout, fc = self.classifier

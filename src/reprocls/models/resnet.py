@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head, run_blocks
+from reprocls.models._base import PooledFcClassifier, linear_head, run_blocks
 
 Stem = Literal["imagenet", "cifar"]
 Shortcut = Literal["A", "B"]
@@ -94,7 +94,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(Classifier):
+class ResNet(PooledFcClassifier):
     """A stem, one stage per entry of `depths` (stride 2 after the first), global pooling and a linear head."""
 
     def __init__(
@@ -136,7 +136,6 @@ class ResNet(Classifier):
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)
         self.num_features = in_planes
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = linear_head(in_planes, num_classes)
         self.grad_checkpointing = grad_checkpointing
         self._init_weights(zero_init_residual)
@@ -161,15 +160,6 @@ class ResNet(Classifier):
             x = run_blocks(getattr(self, name), x, self.grad_checkpointing)
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = linear_head(self.num_features, num_classes)
 
 
 def _cifar_resnet(depth: int, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> ResNet:

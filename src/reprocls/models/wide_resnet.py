@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from reprocls.models import register_model
-from reprocls.models._base import Classifier, linear_head, run_blocks
+from reprocls.models._base import PooledFcClassifier, linear_head, run_blocks
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -46,7 +46,7 @@ class WideBasicBlock(nn.Module):
         return out + identity
 
 
-class WideResNet(Classifier):
+class WideResNet(PooledFcClassifier):
     """A 3x3 stem with 16 channels, three stages of wide pre-activation blocks (stride 2 after the first),
     a final BN-ReLU, global pooling and a linear head."""
 
@@ -84,7 +84,6 @@ class WideResNet(Classifier):
         self.bn = nn.BatchNorm2d(in_planes)  # the last blocks end in a convolution: normalise before pooling
         self.relu = nn.ReLU(inplace=True)
         self.num_features = in_planes
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = linear_head(in_planes, num_classes)
         self.grad_checkpointing = grad_checkpointing
         self._init_weights()
@@ -107,15 +106,6 @@ class WideResNet(Classifier):
             x = run_blocks(stage, x, self.grad_checkpointing)
         return self.relu(self.bn(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = linear_head(self.num_features, num_classes)
 
 
 @register_model
