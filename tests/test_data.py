@@ -13,7 +13,8 @@ from torchvision.transforms import v2
 from reprocls.config import AugmentConfig, DataConfig
 from reprocls.data import load_dataset, make_loader
 from reprocls.data.datasets import TensorSplit
-from reprocls.data.loaders import TensorLoader, random_crop_flip, random_erase
+from reprocls.data.augment import random_crop_flip, random_erase
+from reprocls.data.loaders import TensorLoader
 from reprocls.data.splits import stratified_split
 from reprocls.data.stats import channel_stats
 from reprocls.data.transforms import eval_transform, resolve_preset, train_transform
@@ -112,7 +113,7 @@ def test_random_crop_flip_makes_valid_crops() -> None:
 def test_tensor_loader_epochs_are_reproducible_and_different() -> None:
     split = TensorSplit(torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8), torch.arange(64) % 4)
     loader = TensorLoader(split, batch_size=16, mean=(0.5,), std=(0.25,), device=CPU, train=True, seed=1,
-                          crop_padding=2, hflip=True)
+                          augment=AugmentConfig(crop_padding=2, hflip=True))
     loader.set_epoch(0)
     first = [x for x, _ in loader]
     loader.set_epoch(0)
@@ -126,7 +127,8 @@ def test_tensor_loader_epochs_are_reproducible_and_different() -> None:
 
 def test_eval_loader_is_deterministic_and_complete() -> None:
     split = TensorSplit(torch.randint(0, 255, (50, 1, 8, 8), dtype=torch.uint8), torch.arange(50) % 5)
-    loader = TensorLoader(split, batch_size=16, mean=(0.5,), std=(0.25,), device=CPU, train=False, crop_padding=4, hflip=True)
+    loader = TensorLoader(split, batch_size=16, mean=(0.5,), std=(0.25,), device=CPU, train=False,
+                          augment=AugmentConfig(crop_padding=4, hflip=True))
     batches = list(loader)
     assert sum(len(y) for _, y in batches) == 50
     expected = (split.images.float() / 255 - 0.5) / 0.25

@@ -94,12 +94,15 @@ def candidate_roots(data: DataConfig) -> list[Path]:
 
 def _finish(name: str, data: DataConfig, seed: int, train: TensorSplit, test: TensorSplit, classes: list[str],
             mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetSplits:
-    """Carve a stratified validation split from train and apply `limit_train`; test stays untouched."""
+    """Carve a stratified validation split from train and apply `limit_train`/`limit_eval`."""
     train_idx, val_idx = carve_validation(train.labels.numpy(), data.val_fraction, seed)
     val = train.subset(val_idx) if len(val_idx) else None
     train = train.subset(train_idx)
     if data.limit_train is not None:
         train = train.subset(stratified_subset(train.labels.numpy(), data.limit_train, seed))
+    if data.limit_eval is not None:
+        val = val.subset(stratified_subset(val.labels.numpy(), data.limit_eval, seed)) if val is not None else None
+        test = test.subset(stratified_subset(test.labels.numpy(), data.limit_eval, seed))
     return DatasetSplits(name, classes, train.images.shape[1], train.images.shape[-1], mean, std, train, val, test)
 
 
@@ -228,6 +231,9 @@ def image_folder(data: DataConfig, seed: int) -> DatasetSplits:
     if data.limit_train is not None:
         keep = stratified_subset(train.labels.numpy(), data.limit_train, seed)
         train = FileSplit([train.samples[i] for i in keep])
+    if data.limit_eval is not None:
+        val, test = (FileSplit([part.samples[i] for i in stratified_subset(part.labels.numpy(), data.limit_eval, seed)])
+                     if len(part) else part for part in (val, test))
     return DatasetSplits("image_folder", classes, 3, data.image_size or 224, IMAGENET_MEAN, IMAGENET_STD,
                          train, val if len(val) else None, test, record)
 

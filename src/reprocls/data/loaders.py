@@ -2,96 +2,110 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from reprocls.config import ConfigError, DataConfig
+from reprocls.config import AugmentConfig, ConfigError, DataConfig
+from reprocls.data.augment import (BatchMix, ErasePlan, apply_per_image, build_policy, crop_flip, crop_flip_params, erase,
+                                   erase_params)
 from reprocls.data.datasets import DatasetSplits, FileSplit, Split, TensorSplit
+from reprocls.data.samplers import EpochSampler, ShardSampler, epoch_order, global_batches, shard_indices
 from reprocls.data.transforms import eval_transform, resolve_preset, train_transform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random pad-and-crop and horizontal flip of a whole batch at once (no Python loop over images)."""
-    n, _, h, w = images.shape
-    device = images.device
-    if padding > 0:
-        padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
-        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-        images = padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(images.shape[1], device=device)[None, :, None, None], rows, cols]
-    if hflip:
-        flip = torch.rand(n, generator=generator, device=device) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(3), images)
-    return images
-
-
-def random_erase(images: torch.Tensor, probability: float, generator: torch.Generator,
-                 scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
-    """Zero a random rectangle in a random share of the (normalised) batch, each image its own rectangle."""
-    n, _, h, w = images.shape
-    device = images.device
-    area = torch.empty(n, device=device).uniform_(*scale, generator=generator) * h * w
-    log_ratio = torch.empty(n, device=device).uniform_(torch.log(torch.tensor(ratio[0])).item(),
-                                                        torch.log(torch.tensor(ratio[1])).item(), generator=generator)
-    aspect = log_ratio.exp()
-    eh = (area * aspect).sqrt().round().clamp(1, h).long()
-    ew = (area / aspect).sqrt().round().clamp(1, w).long()
-    y0 = (torch.rand(n, generator=generator, device=device) * (h - eh + 1)).long()
-    x0 = (torch.rand(n, generator=generator, device=device) * (w - ew + 1)).long()
-    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
-    inside = (((rows[None] >= y0[:, None]) & (rows[None] < (y0 + eh)[:, None]))[:, :, None]
-              & ((cols[None] >= x0[:, None]) & (cols[None] < (x0 + ew)[:, None]))[:, None, :])
-    chosen = torch.rand(n, generator=generator, device=device) < probability
-    return images.masked_fill((inside & chosen[:, None, None])[:, None], 0.0)
+def batch_rng(seed: int, *position: int) -> contextlib.AbstractContextManager:
+    """Fork the CPU RNG seeded by a batch's position, so v2 policies and MixUp replay exactly for that batch."""
+    context = torch.random.fork_rng(devices=[])
+    value = seed
+    for part in position:
+        value = (value * 1_000_003 + part) % (2**63)
+    torch.default_generator.manual_seed(value)
+    return context
 
 
 class TensorLoader:
-    """Iterates an in-memory uint8 split in (optionally shuffled) batches, normalised and augmented on the device."""
+    """Iterates an in-memory uint8 split in batches, normalised and augmented on the device.
+
+    Training draws every random choice for a whole global batch (all processes, all micro-batches) before slicing
+    out this rank's micro-batches, so the images a step sees do not depend on the process count or accumulation.
+    """
 
     def __init__(self, split: TensorSplit, *, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device, train: bool, seed: int = 0, image_size: int | None = None,
-                 crop_padding: int = 0, hflip: bool = False, random_erasing: float = 0.0, channels_last: bool = False) -> None:
+                 augment: AugmentConfig | None = None, num_classes: int | None = None, micro_batches: int = 1,
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size, self.train, self.seed, self.epoch = batch_size, train, seed, 0
-        self.crop_padding, self.hflip, self.random_erasing = (crop_padding, hflip, random_erasing) if train else (0, False, 0.0)
+        self.micro_batches, self.rank, self.world_size = micro_batches if train else 1, rank, world_size
+        augment = augment if train else None
+        self.crop_padding = augment.crop_padding if augment else 0
+        self.hflip = bool(augment and augment.hflip)
+        self.random_erasing = augment.random_erasing if augment else 0.0
+        self.repeats = augment.repeats if augment else 1
+        self.policy = build_policy(augment) if augment else None
+        self.mix = BatchMix.from_config(augment, num_classes or int(self.labels.max()) + 1) if augment else None
         self.image_size = image_size if image_size and image_size != split.images.shape[-1] else None
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.generator = torch.Generator(device=device)
+        self.eval_indices = None if train else shard_indices(len(self.labels), rank, world_size).to(device)
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffling and augmentation depend only on (seed, epoch), so any epoch can be replayed."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        """Batches yielded per epoch: micro-batches when training, evaluation batches otherwise."""
+        if self.train:
+            return global_batches(len(self.labels), self.batch_size, self.world_size) * self.micro_batches
+        return -(-len(self.eval_indices) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        if not self.train:
+            for start in range(0, len(self.eval_indices), self.batch_size):
+                index = self.eval_indices[start:start + self.batch_size]
+                yield self._finish(self.images[index].float().sub_(self.mean).div_(self.std)), self.labels[index]
+            return
+        n, device = len(self.labels), self.labels.device
+        order = epoch_order(n, self.seed, self.epoch, self.repeats).to(device)
         self.generator.manual_seed(self.seed * 100_003 + self.epoch)
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator, device=self.labels.device) if self.train else None
-        for start in range(0, len(self) * self.batch_size if self.train else n, self.batch_size):
-            index = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
-            images, labels = self.images[index], self.labels[index]
-            if self.crop_padding or self.hflip:
-                images = random_crop_flip(images, self.crop_padding, self.hflip, self.generator)
+        global_size, micro = self.batch_size * self.world_size, self.batch_size // self.micro_batches
+        h, w = self.images.shape[-2:]
+        for step in range(global_batches(n, self.batch_size, self.world_size)):
+            crops = crop_flip_params(global_size, self.crop_padding, self.hflip, self.generator, device)
+            erasing = erase_params(global_size, h, w, self.random_erasing, self.generator, device) if self.random_erasing else None
+            for part in range(self.micro_batches):
+                within = slice(self.rank * self.batch_size + part * micro, self.rank * self.batch_size + (part + 1) * micro)
+                index = order[step * global_size:(step + 1) * global_size][within]
+                yield self._augment(self.images[index], self.labels[index], crops, erasing, within, (step, self.rank, part))
+
+    def _augment(self, images: torch.Tensor, labels: torch.Tensor, crops: tuple[torch.Tensor, ...], erasing: ErasePlan | None,
+                 within: slice, position: tuple[int, ...]) -> Batch:
+        if self.crop_padding or self.hflip:
+            images = crop_flip(images, self.crop_padding, *(p[within] for p in crops))
+        with batch_rng(self.seed, self.epoch, *position):
+            if self.policy is not None:
+                images = apply_per_image(self.policy, images)
             images = images.float().sub_(self.mean).div_(self.std)
-            if self.random_erasing > 0:
-                images = random_erase(images, self.random_erasing, self.generator)
-            if self.image_size:
-                images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
-            yield images.contiguous(memory_format=self.memory_format), labels
+            if erasing is not None:
+                images = erase(images, tuple(p[within] for p in erasing))  # type: ignore[arg-type]
+            if self.mix is not None:
+                images, labels = self.mix(images, labels)
+        return self._finish(images), labels
+
+    def _finish(self, images: torch.Tensor) -> torch.Tensor:
+        if self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        return images.contiguous(memory_format=self.memory_format)
 
 
 class FileDataset(Dataset):
@@ -123,24 +137,33 @@ class TransformedTensorDataset(Dataset):
 
 
 class DeviceLoader:
-    """Moves DataLoader batches to the device in the memory format the model wants."""
+    """Moves DataLoader batches to the device in the model's memory format, applying MixUp/CutMix there."""
 
-    def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, train: bool, seed: int) -> None:
-        self.loader, self.device, self.train, self.seed = loader, device, train, seed
+    def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, seed: int,
+                 mix: BatchMix | None = None, rank: int = 0) -> None:
+        self.loader, self.device, self.seed, self.mix, self.rank, self.epoch = loader, device, seed, mix, rank, 0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def set_epoch(self, epoch: int) -> None:
+        """Reseed the sampler's order and the workers' transforms for this epoch."""
+        self.epoch = epoch
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(epoch)
         generator = getattr(self.loader, "generator", None)
         if generator is not None:
-            generator.manual_seed(self.seed * 100_003 + epoch)
+            generator.manual_seed(self.seed * 100_003 + epoch + 7_919 * self.rank)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        for images, labels in self.loader:
-            yield (images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
-                   labels.to(self.device, non_blocking=True))
+        for index, (images, labels) in enumerate(self.loader):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.mix is not None:
+                with batch_rng(self.seed, self.epoch, index, self.rank):
+                    images, labels = self.mix(images, labels)
+            yield images.contiguous(memory_format=self.memory_format), labels
 
 
 Loader = TensorLoader | DeviceLoader
@@ -151,26 +174,37 @@ def use_in_memory(data: DataConfig, splits: DatasetSplits) -> bool:
 
 
 def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train: bool, device: torch.device,
-                seed: int, channels_last: bool) -> Loader:
-    """The fastest faithful loader for a split: batch augmentation in memory, else per-image v2 transforms."""
+                seed: int, channels_last: bool, micro_batches: int = 1, rank: int = 0, world_size: int = 1) -> Loader:
+    """The fastest faithful loader for a split: batch augmentation in memory, else per-image v2 transforms.
+
+    Training loaders yield micro-batches of data.batch_size / micro_batches images; this rank's share of each
+    global batch of data.batch_size x world_size. Evaluation loaders give each rank a disjoint shard.
+    """
     native_size = split.images.shape[-1] if isinstance(split, TensorSplit) else splits.image_size
     preset = resolve_preset(data.preset, native_size)  # 28 px images upscaled to 96 still get the small-image preset
-    batch_size = data.batch_size if train else data.eval_batch_size
+    shard = dict(rank=rank, world_size=world_size)
     if isinstance(split, TensorSplit) and use_in_memory(data, splits):
         if train and preset == "imagenet":
             raise ConfigError("data.preset: imagenet needs the per-image pipeline; set data.in_memory=no or data.preset=small")
-        augment = train and preset == "small"
-        return TensorLoader(split, batch_size=batch_size, mean=splits.mean, std=splits.std, device=device, train=train,
-                            seed=seed, image_size=splits.image_size, crop_padding=data.augment.crop_padding if augment else 0,
-                            hflip=augment and data.augment.hflip, random_erasing=data.augment.random_erasing if augment else 0.0,
-                            channels_last=channels_last)
+        return TensorLoader(split, batch_size=data.batch_size if train else data.eval_batch_size, mean=splits.mean,
+                            std=splits.std, device=device, train=train, seed=seed, image_size=splits.image_size,
+                            augment=data.augment if train and preset == "small" else None, num_classes=splits.num_classes,
+                            micro_batches=micro_batches, channels_last=channels_last, **shard)
     common = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std)
     transform = train_transform(preset, augment=data.augment, **common) if train else eval_transform(preset, **common)
     if isinstance(split, FileSplit):
         dataset: Dataset = FileDataset(split, transform, "L" if splits.in_chans == 1 else "RGB")
     else:
         dataset = TransformedTensorDataset(split, transform)
+    if train:
+        sampler: Sampler[int] | None = EpochSampler(len(dataset), batch_size=data.batch_size, seed=seed,
+                                                    repeats=data.augment.repeats, **shard)
+        batch_size = data.batch_size // micro_batches
+    else:
+        sampler = ShardSampler(len(dataset), **shard) if world_size > 1 else None
+        batch_size = data.eval_batch_size
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=data.workers,
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=data.workers,
                         generator=generator, pin_memory=device.type == "cuda", persistent_workers=data.workers > 0)
-    return DeviceLoader(loader, device, channels_last=channels_last, train=train, seed=seed)
+    mix = BatchMix.from_config(data.augment, splits.num_classes) if train and preset != "none" else None
+    return DeviceLoader(loader, device, channels_last=channels_last, seed=seed, mix=mix, rank=rank)

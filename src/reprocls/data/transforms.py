@@ -8,6 +8,7 @@ import torch
 from torchvision.transforms import v2
 
 from reprocls.config import AugmentConfig
+from reprocls.data.augment import build_policy
 
 Preset = Literal["small", "imagenet", "none"]
 EVAL_CROP_RATIO = 0.875  # resize to size/0.875 then centre-crop: the classic ImageNet evaluation (224 from 256)
@@ -26,7 +27,8 @@ def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> li
 
 def train_transform(preset: Preset, *, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                     augment: AugmentConfig) -> v2.Compose:
-    """Random augmentation for training: 'imagenet' (RandomResizedCrop, flip, ColorJitter) or 'small' (pad-crop, flip)."""
+    """Random augmentation for training: 'imagenet' (RandomResizedCrop, flip, ColorJitter) or 'small' (pad-crop, flip),
+    then the configured policy (RandAugment, TrivialAugment...) and random erasing."""
     steps: list[v2.Transform] = [v2.ToImage()]
     if preset == "imagenet":
         steps.append(v2.RandomResizedCrop(image_size, scale=tuple(augment.rrc_scale), antialias=True))
@@ -39,6 +41,9 @@ def train_transform(preset: Preset, *, image_size: int, mean: tuple[float, ...],
     if preset == "imagenet" and augment.color_jitter > 0:
         strength = augment.color_jitter
         steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
+    policy = build_policy(augment) if preset != "none" else None
+    if policy is not None:
+        steps.append(policy)
     erasing = [v2.RandomErasing(p=augment.random_erasing, value=0)] if preset != "none" and augment.random_erasing > 0 else []
     return v2.Compose(steps + _to_normalized_tensor(mean, std)[1:] + erasing)
 
