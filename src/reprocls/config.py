@@ -47,6 +47,14 @@ class AugmentConfig:
     random_erasing: float = opt(0.0, "probability of erasing a random rectangle (Zhong et al. 2020; 0.5 in the paper)", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
     rrc_scale: list[float] = opt([0.08, 1.0], "imagenet preset: RandomResizedCrop area range (Szegedy et al. 2015)")
     color_jitter: float = opt(0.4, "imagenet preset: brightness/contrast/saturation jitter strength (0: off)", **non_negative)
+    policy: str = opt("none", "per-image policy from transforms.v2: none, randaugment, trivialaugment, autoaugment, augmix")
+    randaugment_ops: int = opt(2, "randaugment: operations per image (N in Cubuk et al. 2020)", **positive)
+    randaugment_magnitude: int = opt(9, "randaugment: magnitude of every operation, 0-30 (M in the paper)", check=lambda v: 0 <= v <= 30, rule="in [0, 30]")
+    autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = opt("imagenet", "autoaugment: which learned policy (Cubuk et al. 2019)")
+    mixup_alpha: float = opt(0.0, "MixUp Beta(alpha, alpha) mixing of image pairs with soft targets (Zhang et al. 2018; 0: off)", **non_negative)
+    cutmix_alpha: float = opt(0.0, "CutMix box mixing with soft targets (Yun et al. 2019; 0: off); with mixup, one is picked per batch", **non_negative)
+    mix_prob: float = opt(1.0, "share of training batches that get MixUp/CutMix", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
+    repeats: int = opt(1, "repeated augmentation: each image appears this many times per batch-ordered epoch (Hoffer et al. 2020; 1: off)", **positive)
 
 
 @dataclass
@@ -64,10 +72,11 @@ class DataConfig:
     mean: list[float] | None = opt(None, "per-channel normalisation mean; null takes the dataset's known constants")
     std: list[float] | None = opt(None, "per-channel normalisation std; null takes the dataset's known constants")
     in_memory: Literal["auto", "yes", "no"] = opt("auto", "hold images as uint8 tensors and augment whole batches on the device")
-    batch_size: int = opt(128, "training images per step (per process)", **positive)
+    batch_size: int = opt(128, "training images per optimizer step and process (effective batch: this x processes)", **positive)
     eval_batch_size: int = opt(512, "images per evaluation step", **positive)
     workers: int = opt(2, "DataLoader worker processes for file-backed datasets", **non_negative)
     limit_train: int | None = opt(None, "use only the first N (stratified) training images: quick experiments and tests")
+    limit_eval: int | None = opt(None, "use only N (stratified) validation and N test images: quick experiments and tests", **positive)
 
 
 @dataclass
@@ -105,6 +114,12 @@ class TrainConfig:
     channels_last: Literal["auto", "yes", "no"] = opt("auto", "NHWC memory format; auto: on for convolutional models on CPU and CUDA")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing (Szegedy et al. 2016)", **fraction)
     grad_clip_norm: float | None = opt(None, "clip the global gradient norm to this value", **positive)
+    accum_steps: int = opt(1, "split each batch into this many micro-batches and accumulate their gradients (saves memory)", **positive)
+    ema_decay: float | None = opt(None, "keep an exponential moving average of the weights with this decay, e.g. 0.9998 (null: off)", **fraction)
+    ema_warmup: bool = opt(True, "EMA decay ramps up as min(decay, (1 + t) / (10 + t)) so early averages are not stuck at init")
+    compile: bool = opt(False, "torch.compile the model (slower than eager on this 2-core CPU; try it on GPUs)")
+    compile_backend: str = opt("inductor", "torch.compile backend (inductor, aot_eager, eager)")
+    sync_batchnorm: bool = opt(False, "distributed on GPUs: BatchNorm statistics over all processes' images (SyncBatchNorm)")
     threads: int | None = opt(None, "CPU threads for torch; null leaves torch's default", **positive)
     eval_every: int = opt(1, "evaluate on the validation split every N epochs (and always after the last)", **positive)
     log_every: int = opt(50, "steps between TensorBoard scalars", **positive)
@@ -260,6 +275,9 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"optim.betas: {config.optim.betas} must be two numbers")
     if config.data.augment.rrc_scale[0] > config.data.augment.rrc_scale[1] or len(config.data.augment.rrc_scale) != 2:
         raise ConfigError(f"data.augment.rrc_scale: {config.data.augment.rrc_scale} must be [low, high] with low <= high")
+    if config.data.batch_size % config.train.accum_steps:
+        raise ConfigError(f"train.accum_steps: {config.train.accum_steps} must divide data.batch_size ({config.data.batch_size}) "
+                          "into equal micro-batches")
     if config.schedule.warmup_epochs >= config.schedule.epochs:
         raise ConfigError(
             f"schedule.warmup_epochs: {config.schedule.warmup_epochs} must be shorter than schedule.epochs ({config.schedule.epochs})"

@@ -16,13 +16,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from reprocls.config import ConfigError, RunConfig, apply_overrides, build, dump, to_dict
 from reprocls.data import DATASETS, load_dataset, make_loader
 from reprocls.data.datasets import DatasetSplits
-from reprocls.engine import (SCHEDULERS, EvalResult, build_optimizer, build_scheduler, evaluate, fit,
+from reprocls.engine import (SCHEDULERS, EvalResult, FitResult, build_optimizer, build_scheduler, evaluate, fit,
                              resolve_channels_last, resolve_device, resolve_precision, scaled_lr)
+from reprocls.engine.distributed import World, init_distributed, shutdown_distributed
+from reprocls.engine.ema import create_ema
 from reprocls.envinfo import environment
 from reprocls.experiments.report import format_table, results_table, write_report
 from reprocls.models import MODELS, create_model, warn_if_input_too_small
@@ -117,9 +120,9 @@ class RunFolder:
         self.tensorboard.close()
 
 
-def model_metadata(config: RunConfig, splits: DatasetSplits, model: nn.Module) -> dict[str, str]:
+def model_metadata(config: RunConfig, splits: DatasetSplits, model: nn.Module, weights: str = "raw") -> dict[str, str]:
     """What travels inside the weights file so the model can be used without the recipe."""
-    info = {"model": config.model.name, "num_classes": splits.num_classes, "in_chans": config.model.in_chans or splits.in_chans,
+    info = {"weights": weights, "model": config.model.name, "num_classes": splits.num_classes, "in_chans": config.model.in_chans or splits.in_chans,
             "model_kwargs": config.model.kwargs, "classes": splits.classes, "image_size": splits.image_size,
             "mean": list(splits.mean), "std": list(splits.std), "dataset": splits.name,
             "params": sum(p.numel() for p in model.parameters())}
@@ -159,13 +162,13 @@ class Session:
     model: nn.Module
 
 
-def prepare(config: RunConfig) -> Session:
+def prepare(config: RunConfig, device: torch.device | None = None) -> Session:
     """Validate names, seed, load data and build the model: everything that can fail does so here, before training."""
     check_names(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.seed)
-    device = resolve_device(config.train.device)
+    device = device or resolve_device(config.train.device)
     splits = load_dataset(config.data, config.seed)
     model = build_model(config, splits)
     channels_last = resolve_channels_last(config.train.channels_last, model)
@@ -173,52 +176,128 @@ def prepare(config: RunConfig) -> Session:
     return Session(device, resolve_precision(config.train.precision, device), channels_last, splits, model)
 
 
-def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Train a recipe end to end and write its run folder; returns (folder, results)."""
+def lr_plan(config: RunConfig, world: World) -> dict[str, Any]:
+    """The effective batch and the learning rate scaled to it, with the arithmetic spelled out for the log."""
+    batch = config.data.batch_size * world.world_size
+    lr = scaled_lr(config.optim, batch)
+    reference = config.optim.lr_reference_batch
+    rule = (f"{config.optim.lr:g} x {batch}/{reference} ({config.optim.lr_scaling} rule)" if reference
+            else f"{config.optim.lr:g} as given (set optim.lr_reference_batch to rescale it with the batch)")
+    micro = config.data.batch_size // config.train.accum_steps
+    split = f", {config.train.accum_steps} micro-batches of {micro}" if config.train.accum_steps > 1 else ""
+    text = f"lr {lr:g} = {rule} for effective batch {batch} ({world.world_size} process(es) x {config.data.batch_size}{split})"
+    return {"lr": lr, "effective_batch": batch, "processes": world.world_size, "accum_steps": config.train.accum_steps,
+            "micro_batch": micro, "text": text}
+
+
+def wrap_for_training(model: nn.Module, config: RunConfig, world: World, device: torch.device) -> nn.Module:
+    """SyncBatchNorm, DistributedDataParallel and torch.compile around the model, as the recipe asks."""
+    if config.train.sync_batchnorm and world.distributed:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_batchnorm: torch's SyncBatchNorm runs only on CUDA; set it to false on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if world.distributed:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.train.compile:
+        model = torch.compile(model, backend=config.train.compile_backend)
+    return model
+
+
+def pick_weights(outcome: FitResult, ema: nn.Module | None) -> str:
+    """'ema' or 'raw': the better on validation top-1; EMA when there is no validation split to judge by."""
+    if ema is None:
+        return "raw"
+    if outcome.val is None or outcome.ema_val is None:
+        return "ema"
+    return "ema" if outcome.ema_val.top1 >= outcome.val.top1 else "raw"
+
+
+def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True) -> tuple[Path | None, dict[str, Any]]:
+    """Train a recipe end to end and write its run folder; returns (folder, results). Under torchrun every process
+    trains its share and only rank 0 writes (the others return folder None)."""
     wall_start = time.perf_counter()
-    session = prepare(config)
+    world, dist_device = init_distributed(config.train.device)
+    try:
+        return _train(config, world, dist_device, wall_start, progress=progress and world.is_main,
+                      echo=echo and world.is_main)
+    finally:
+        shutdown_distributed()
+
+
+def _train(config: RunConfig, world: World, device: torch.device | None, wall_start: float, *, progress: bool,
+           echo: bool) -> tuple[Path | None, dict[str, Any]]:
+    session = prepare(config, device)
     splits, model, device = session.splits, session.model, session.device
-    loader_args = dict(device=device, seed=config.seed, channels_last=session.channels_last)
-    train_loader = make_loader(splits.train, splits, config.data, train=True, **loader_args)
+    seed_everything(config.seed + world.rank)  # dropout and stochastic depth differ across processes
+    loader_args = dict(device=device, seed=config.seed, channels_last=session.channels_last, rank=world.rank,
+                       world_size=world.world_size)
+    train_loader = make_loader(splits.train, splits, config.data, train=True, micro_batches=config.train.accum_steps,
+                               **loader_args)
+    if len(train_loader) == 0:
+        raise ConfigError(f"data.batch_size: {config.data.batch_size} x {world.world_size} process(es) is more than the "
+                          f"{len(splits.train)} training images; lower the batch size")
     val_loader = make_loader(splits.val, splits, config.data, train=False, **loader_args) if splits.val else None
     test_loader = make_loader(splits.test, splits, config.data, train=False, **loader_args)
-    optimizer = build_optimizer(model, config.optim, config.data.batch_size)
-    scheduler = build_scheduler(optimizer, config.schedule, len(train_loader))
+    lr = lr_plan(config, world)
+    optimizer = build_optimizer(model, config.optim, lr["effective_batch"])
+    scheduler = build_scheduler(optimizer, config.schedule, len(train_loader) // config.train.accum_steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
     scaler = torch.amp.GradScaler(device.type) if session.amp_dtype == torch.float16 else None
+    ema = create_ema(model, config.train.ema_decay, config.train.ema_warmup) if config.train.ema_decay else None
+    trained = wrap_for_training(model, config, world, device)
     params = sum(p.numel() for p in model.parameters())
-    run = RunFolder(config)  # only now: a recipe that fails to set up leaves no half-made run folder
     say = print if echo else (lambda *a, **k: None)
-    say(f"run folder: {run.path}")
-    run.write_json("environment.json", environment())
-    if splits.split_record is not None:
-        run.write_json("splits.json", splits.split_record)
+    run = RunFolder(config) if world.is_main else None  # only now: a recipe that fails to set up leaves no run folder
+    if run is not None:
+        say(f"run folder: {run.path}")
+        run.write_json("environment.json", environment())
+        if splits.split_record is not None:
+            run.write_json("splits.json", splits.split_record)
     say(f"{config.model.name} ({params / 1e6:.3f} M params) on {splits.name}: {len(splits.train)} train / "
         f"{len(splits.val) if splits.val else 0} val / {len(splits.test)} test, device {device}, "
-        f"precision {session.amp_dtype or 'fp32'}, channels_last {session.channels_last}, "
-        f"lr {scaled_lr(config.optim, config.data.batch_size):g} at batch {config.data.batch_size}")
+        f"precision {session.amp_dtype or 'fp32'}, channels_last {session.channels_last}"
+        f"{', EMA ' + str(config.train.ema_decay) if ema is not None else ''}")
+    say(lr["text"])
 
+    test_eval = dict(device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes, criterion=criterion,
+                     progress=progress)
     try:
-        outcome = fit(model, train_loader, val_loader, optimizer, scheduler, criterion, epochs=config.schedule.epochs,
+        outcome = fit(trained, train_loader, val_loader, optimizer, scheduler, criterion, epochs=config.schedule.epochs,
                       device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes, scaler=scaler,
-                      grad_clip_norm=config.train.grad_clip_norm, eval_every=config.train.eval_every, logger=_Echo(run, say),
+                      grad_clip_norm=config.train.grad_clip_norm, accum_steps=config.train.accum_steps, ema=ema,
+                      eval_every=config.train.eval_every, logger=_Echo(run, say) if run is not None else None,
                       log_every=config.train.log_every, progress=progress)
-        save_weights(model, run.path / WEIGHTS_FILE, model_metadata(config, splits, model))
-        test = evaluate(model, test_loader, device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes,
-                        criterion=criterion, description="test", progress=progress)
+        chosen = pick_weights(outcome, ema)
+        final = ema.module if chosen == "ema" and ema is not None else model
+        if run is not None:
+            save_weights(final, run.path / WEIGHTS_FILE, model_metadata(config, splits, final, chosen))
+        test = evaluate(final, test_loader, description="test", **test_eval)
+        ema_summary = None
+        if ema is not None:
+            other = evaluate(model if chosen == "ema" else ema.module, test_loader, description="test (other)", **test_eval)
+            tests = {chosen: test.top1, ("raw" if chosen == "ema" else "ema"): other.top1}
+            ema_summary = {"decay": config.train.ema_decay, "chosen": chosen, "chosen_by": "val top-1" if outcome.val else "default",
+                           "val_top1": {"raw": outcome.val.top1 if outcome.val else None,
+                                        "ema": outcome.ema_val.top1 if outcome.ema_val else None},
+                           "test_top1": tests}
     finally:
-        run.close()
+        if run is not None:
+            run.close()
 
+    chosen_val = outcome.ema_val if chosen == "ema" and outcome.ema_val is not None else outcome.val
     results: dict[str, Any] = {
-        "run": run.path.name, "model": config.model.name, "dataset": splits.name, "params": params,
-        "classes": splits.classes, "epochs": config.schedule.epochs, "seed": config.seed,
+        "run": run.path.name if run is not None else None, "model": config.model.name, "dataset": splits.name,
+        "params": params, "classes": splits.classes, "epochs": config.schedule.epochs, "seed": config.seed,
         "precision": str(session.amp_dtype or "fp32").replace("torch.", ""), "channels_last": session.channels_last,
-        "val": eval_result_dict(outcome.val, splits.classes) if outcome.val else None,
+        "lr": {k: v for k, v in lr.items() if k != "text"}, "ema": ema_summary,
+        "val": eval_result_dict(chosen_val, splits.classes) if chosen_val else None,
         "test": eval_result_dict(test, splits.classes),
         "train_time_s": outcome.train_seconds, "images_per_s": outcome.images_per_s,
         "wall_time_s": time.perf_counter() - wall_start,
         "reference": reference_gap(config, test.top1),
     }
+    if run is None:
+        return None, results
     run.write_json("results.json", results)
     write_report(run.path, results, outcome.history, (run.path / "config.yaml").read_text())
     say("\n" + format_table(results_table(results)))
@@ -238,6 +317,8 @@ class _Echo:
     def log_epoch(self, record: dict) -> None:
         self.run.log_epoch(record)
         val = f"  val loss {record['val_loss']:.4f} top-1 {100 * record['val_top1']:.2f} %" if "val_top1" in record else ""
+        if "val_ema_top1" in record:
+            val += f" (EMA {100 * record['val_ema_top1']:.2f} %)"
         self.say(f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f} %"
                  f"{val}  {record['train_images_per_s']:,.0f} img/s  {record['elapsed_s']:.0f} s")
 
