@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -48,6 +49,14 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     print(f"  measured  mean {[round(v, 4) for v in mean]}  std {[round(v, 4) for v in std]}")
     print(f"  constants mean {list(splits.mean)}  std {list(splits.std)}")
     return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from reprocls.data.check import check_folder
+
+    report = check_folder(args.path, splits_file=args.splits, workers=args.workers, show_progress=not args.quiet)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(show=args.show))
+    return 1 if report.errors else 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -135,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dataset", help="fashion_mnist, mnist, cifar10, cifar100 or image_folder")
     stats.add_argument("--root", help="data folder (required for image_folder)")
     stats.set_defaults(func=cmd_data_stats)
+    check = data.add_parser("check", help="find files in an image folder that would stop or skew training (exit 1 on errors)")
+    check.add_argument("path", help="image folder: PATH/<class>/<image files>")
+    check.add_argument("--splits", help="a run's splits.json: report duplicate images that fall into different splits")
+    check.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads")
+    check.add_argument("--show", type=int, default=10, help="files listed per problem (--json lists all)")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(func=cmd_data_check)
 
     config = sub.add_parser("config", help="list every recipe key, or print a recipe resolved")
     config.add_argument("recipe", nargs="?", help="recipe to resolve (omit to list all keys with their meaning)")

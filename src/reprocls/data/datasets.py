@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,12 +16,13 @@ import torch
 import torchvision
 
 from reprocls.config import ConfigError, DataConfig
+from reprocls.data.check import CATEGORIES, find_unusable
+from reprocls.data.images import IMAGE_EXTENSIONS
 from reprocls.data.splits import carve_validation, stratified_split, stratified_subset
 from reprocls.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 SYSTEM_DATA_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}  # Debian's dataset-fashion-mnist
 
 
@@ -70,6 +72,7 @@ class DatasetSplits:
     val: Split | None
     test: Split
     split_record: dict[str, Any] | None = field(default=None, repr=False)  # image_folder: the file lists, for splits.json
+    skipped: list[dict[str, str]] = field(default_factory=list, repr=False)  # image_folder: bad files left out (path, reason)
 
     @property
     def num_classes(self) -> int:
@@ -208,9 +211,46 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
+BAD_IMAGES_LISTED = 20
+
+
+def find_bad_images(root: Path, paths: list[str], data: DataConfig) -> list[dict[str, str]]:
+    """Decode every file before training; stop listing the bad ones (on_bad_image=error) or return them to leave out."""
+    bad = find_unusable([root / p for p in paths], workers=max(1, data.workers), show_progress=len(paths) >= 5000)
+    skipped = [{"path": check.path.relative_to(root).as_posix(), "reason": check.category or "", "detail": check.detail}
+               for check in bad]
+    if skipped and data.on_bad_image == "error":
+        listed = "\n".join(f"  {s['path']}: {CATEGORIES[s['reason']].title} ({s['detail']})" for s in skipped[:BAD_IMAGES_LISTED])
+        more = f"\n  ... and {len(skipped) - BAD_IMAGES_LISTED} more" if len(skipped) > BAD_IMAGES_LISTED else ""
+        raise ConfigError(f"data.on_bad_image=error: {len(skipped)} of {len(paths)} images under {root} cannot be decoded:\n"
+                          f"{listed}{more}\nRun `reprocls data check {root}` for the full report, or set "
+                          "data.on_bad_image=skip to train without them.")
+    if skipped:
+        warnings.warn(f"data.on_bad_image=skip: left out {len(skipped)} of {len(paths)} images under {root} that cannot be "
+                      f"decoded (first: {skipped[0]['path']}, {skipped[0]['reason']}); the run lists them in skipped_images.json",
+                      stacklevel=2)
+    return skipped
+
+
+def require_usable_classes(root: Path, classes: list[str], samples: list[tuple[str, int]]) -> None:
+    """Two or more classes, each with an image: otherwise the model gets outputs no image ever trains."""
+    if len(classes) < 2:
+        raise ConfigError(f"data.root: {root} has {len(classes)} class folder(s) {classes}; a classifier needs at least 2, "
+                          f"as {root}/<class>/<image files>")
+    counts = np.bincount([label for _, label in samples], minlength=len(classes))
+    empty = [cls for cls, count in zip(classes, counts) if count == 0]
+    if empty:
+        raise ConfigError(f"data.root: class folder(s) {empty} under {root} have no usable images; add images or delete "
+                          f"the folder(s) (`reprocls data check {root}` shows why)")
+
+
 @DATASETS.register
 def image_folder(data: DataConfig, seed: int) -> DatasetSplits:
-    """A user's root/<class>/<image> folders, split train/val/test by a seeded stratified rule (7:2:1 by default)."""
+    """A user's root/<class>/<image> folders, split train/val/test by a seeded stratified rule (7:2:1 by default).
+
+    Every file is decoded first; bad ones stop the run or, with data.on_bad_image=skip, are left out before
+    splitting (so the split depends only on the good files and the seed) and listed in `skipped`.
+    """
     if not data.root:
         raise ConfigError("data.root: image_folder needs the path of a folder with one sub-folder per class")
     root = Path(data.root).expanduser()
@@ -221,7 +261,17 @@ def image_folder(data: DataConfig, seed: int) -> DatasetSplits:
             raise ValueError(f"{data.split_file} was made for classes {record['classes']}, but {root} has {classes}")
         index = {cls: i for i, cls in enumerate(classes)}
         parts = [[(p, index[p.split("/")[0]]) for p in record[name]] for name in ("train", "val", "test")]
+        skipped = find_bad_images(root, [p for part in parts for p, _ in part], data)
+        bad = {s["path"] for s in skipped}
+        parts = [[sample for sample in part if sample[0] not in bad] for part in parts]
+        require_usable_classes(root, classes, [sample for part in parts for sample in part])
+        if bad:
+            record = {**record, **{name: [p for p, _ in part] for name, part in zip(("train", "val", "test"), parts)}}
     else:
+        skipped = find_bad_images(root, [p for p, _ in samples], data)
+        bad = {s["path"] for s in skipped}
+        samples = [sample for sample in samples if sample[0] not in bad]
+        require_usable_classes(root, classes, samples)
         labels = np.array([label for _, label in samples])
         indices = stratified_split(labels, list(data.split), seed)
         parts = [[samples[i] for i in part] for part in indices]
@@ -235,7 +285,7 @@ def image_folder(data: DataConfig, seed: int) -> DatasetSplits:
         val, test = (FileSplit([part.samples[i] for i in stratified_subset(part.labels.numpy(), data.limit_eval, seed)])
                      if len(part) else part for part in (val, test))
     return DatasetSplits("image_folder", classes, 3, data.image_size or 224, IMAGENET_MEAN, IMAGENET_STD,
-                         train, val if len(val) else None, test, record)
+                         train, val if len(val) else None, test, record, skipped)
 
 
 def _convert_channels(split: Split | None, channels: int) -> Split | None:

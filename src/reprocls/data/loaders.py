@@ -14,6 +14,7 @@ from reprocls.config import AugmentConfig, ConfigError, DataConfig
 from reprocls.data.augment import (BatchMix, ErasePlan, apply_per_image, build_policy, crop_flip, crop_flip_params, erase,
                                    erase_params)
 from reprocls.data.datasets import DatasetSplits, FileSplit, Split, TensorSplit
+from reprocls.data.images import to_mode
 from reprocls.data.samplers import EpochSampler, ShardSampler, epoch_order, global_batches, shard_indices
 from reprocls.data.transforms import eval_transform, resolve_preset, train_transform
 
@@ -120,7 +121,7 @@ class FileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         with Image.open(path) as image:
-            return self.transform(image.convert(self.mode)), label
+            return self.transform(to_mode(image, 1 if self.mode == "L" else 3)), label
 
 
 class TransformedTensorDataset(Dataset):

@@ -7,6 +7,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from reprocls.data.datasets import FileSplit, Split, TensorSplit
+from reprocls.data.images import to_mode
 
 
 def channel_stats(split: Split, *, channels: int = 3, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -28,7 +29,7 @@ def channel_stats(split: Split, *, channels: int = 3, chunk: int = 4096) -> tupl
         assert isinstance(split, FileSplit)
         for path, _ in split.samples:
             with Image.open(path) as image:
-                add(TF.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))[None])
+                add(TF.pil_to_tensor(to_mode(image, 1 if channels == 1 else 3))[None])
     if count == 0:
         raise ValueError("cannot compute statistics of an empty split")
     mean = total / count

@@ -253,6 +253,8 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         run.write_json("environment.json", environment())
         if splits.split_record is not None:
             run.write_json("splits.json", splits.split_record)
+        if splits.skipped:
+            run.write_json("skipped_images.json", splits.skipped)
     say(f"{config.model.name} ({params / 1e6:.3f} M params) on {splits.name}: {len(splits.train)} train / "
         f"{len(splits.val) if splits.val else 0} val / {len(splits.test)} test, device {device}, "
         f"precision {session.amp_dtype or 'fp32'}, channels_last {session.channels_last}"
@@ -295,6 +297,7 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         "train_time_s": outcome.train_seconds, "images_per_s": outcome.images_per_s,
         "wall_time_s": time.perf_counter() - wall_start,
         "reference": reference_gap(config, test.top1),
+        "skipped_images": len(splits.skipped),
     }
     if run is None:
         return None, results
@@ -349,7 +352,11 @@ def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str]
     session = prepare(config)
     info = json.loads(metadata["reprocls"])
     if session.splits.classes != info["classes"]:
-        raise ValueError(f"the data's classes {session.splits.classes} differ from the model's {info['classes']}")
+        model_classes, data_classes = set(info["classes"]), set(session.splits.classes)
+        missing, extra = sorted(model_classes - data_classes), sorted(data_classes - model_classes)
+        raise ConfigError(f"the data's classes differ from the model's: missing from the data {missing}, unknown to the model "
+                          f"{extra} (model: {info['classes']}, data: {session.splits.classes}); evaluate on data with exactly "
+                          "the model's classes, e.g. data.root=<folder with one sub-folder per model class>")
     state = load_file(str(weights))
     session.model.load_state_dict(state)
     data_split = {"test": session.splits.test, "val": session.splits.val, "train": session.splits.train}[split]
