@@ -29,7 +29,7 @@ class FirstSteps:
     def __init__(self, loader, steps: int) -> None:
         self.loader, self.steps = loader, steps
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.loader.set_epoch(epoch)
 
     def __len__(self) -> int:

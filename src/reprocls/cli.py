@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 
+from reprocls.engine.checkpoint import CheckpointError
 from reprocls.config import ConfigError, RunConfig, describe_keys, load_config, to_dict
 
 
@@ -15,7 +16,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from reprocls.experiments.run import train_recipe
 
     config = load_config(args.recipe, args.overrides)
-    train_recipe(config, progress=not args.quiet)
+    train_recipe(config, progress=not args.quiet, resume=args.resume)
     return 0
 
 
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="YAML recipe, e.g. configs/quickstart.yaml")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.05 schedule.epochs=10")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--resume", metavar="auto|PATH", help="continue the newest intact checkpoint of this recipe's latest "
+                       "run (auto; starts fresh when there is none), or of a given run folder or checkpoints/step-N folder")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("eval", help="re-evaluate a run folder or a model.safetensors")
@@ -186,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"reprocls: error: {error}", file=sys.stderr)
         return 2
+    except (CheckpointError, FloatingPointError) as error:
+        print(f"reprocls: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("reprocls: interrupted", file=sys.stderr)
         return 130

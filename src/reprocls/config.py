@@ -123,6 +123,9 @@ class TrainConfig:
     sync_batchnorm: bool = opt(False, "distributed on GPUs: BatchNorm statistics over all processes' images (SyncBatchNorm)")
     threads: int | None = opt(None, "CPU threads for torch; null leaves torch's default", **positive)
     eval_every: int = opt(1, "evaluate on the validation split every N epochs (and always after the last)", **positive)
+    checkpoint_every: int | None = opt(None, "also write a resumable checkpoint every N optimizer steps (always at each epoch end)", **positive)
+    keep_checkpoints: int = opt(2, "newest checkpoints kept in <run>/checkpoints, plus the best by validation top-1", **positive)
+    on_nonfinite: Literal["stop", "skip"] = opt("stop", "a NaN/inf loss or gradient: stop (naming the step) or skip that step and count it")
     log_every: int = opt(50, "steps between TensorBoard scalars", **positive)
 
 
@@ -230,7 +233,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like key.sub=value, e.g. optim.lr=0.05")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(error).splitlines()[0]}); quote the whole "
+                          "override for the shell, e.g. 'model.kwargs={dropout: 0.3}'") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

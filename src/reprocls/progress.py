@@ -32,6 +32,12 @@ class Progress:
             text = " ".join(f"{k} {v}" for k, v in fields.items())
             print(f"  {self.description} {self.step}/{self.total} {text} eta {eta:.0f}s", file=sys.stderr, flush=True)
 
+    def skip(self, steps: int) -> None:
+        """Mark steps done earlier (a resumed epoch) without counting them in the rate."""
+        self.step += steps
+        if self.bar is not None and steps:
+            self.bar.update(steps)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

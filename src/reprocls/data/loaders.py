@@ -44,7 +44,7 @@ class TensorLoader:
                  rank: int = 0, world_size: int = 1, channels_last: bool = False) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
-        self.batch_size, self.train, self.seed, self.epoch = batch_size, train, seed, 0
+        self.batch_size, self.train, self.seed, self.epoch, self.start = batch_size, train, seed, 0, 0
         self.micro_batches, self.rank, self.world_size = micro_batches if train else 1, rank, world_size
         augment = augment if train else None
         self.crop_padding = augment.crop_padding if augment else 0
@@ -60,9 +60,9 @@ class TensorLoader:
         self.generator = torch.Generator(device=device)
         self.eval_indices = None if train else shard_indices(len(self.labels), rank, world_size).to(device)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Shuffling and augmentation depend only on (seed, epoch), so any epoch can be replayed."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Shuffling and augmentation depend only on (seed, epoch), so any epoch replays, from any micro-batch."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         """Batches yielded per epoch: micro-batches when training, evaluation batches otherwise."""
@@ -85,6 +85,8 @@ class TensorLoader:
             crops = crop_flip_params(global_size, self.crop_padding, self.hflip, self.generator, device)
             erasing = erase_params(global_size, h, w, self.random_erasing, self.generator, device) if self.random_erasing else None
             for part in range(self.micro_batches):
+                if step * self.micro_batches + part < self.start:
+                    continue  # resuming mid-epoch: the random draws above are made, the batch is not
                 within = slice(self.rank * self.batch_size + part * micro, self.rank * self.batch_size + (part + 1) * micro)
                 index = order[step * global_size:(step + 1) * global_size][within]
                 yield self._augment(self.images[index], self.labels[index], crops, erasing, within, (step, self.rank, part))
@@ -118,10 +120,13 @@ class FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
+        index, position = (key[0], key[1:]) if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         with Image.open(path) as image:
-            return self.transform(to_mode(image, 1 if self.mode == "L" else 3)), label
+            image = to_mode(image, 1 if self.mode == "L" else 3)
+        with batch_rng(*position) if position else contextlib.nullcontext():
+            return self.transform(image), label
 
 
 class TransformedTensorDataset(Dataset):
@@ -133,8 +138,10 @@ class TransformedTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.split.images[index]), int(self.split.labels[index])
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
+        index, position = (key[0], key[1:]) if isinstance(key, tuple) else (key, None)
+        with batch_rng(*position) if position else contextlib.nullcontext():
+            return self.transform(self.split.images[index]), int(self.split.labels[index])
 
 
 class DeviceLoader:
@@ -142,23 +149,21 @@ class DeviceLoader:
 
     def __init__(self, loader: DataLoader, device: torch.device, *, channels_last: bool, seed: int,
                  mix: BatchMix | None = None, rank: int = 0) -> None:
-        self.loader, self.device, self.seed, self.mix, self.rank, self.epoch = loader, device, seed, mix, rank, 0
+        self.loader, self.device, self.seed, self.mix, self.rank = loader, device, seed, mix, rank
+        self.epoch, self.start = 0, 0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed the sampler's order and the workers' transforms for this epoch."""
-        self.epoch = epoch
-        if hasattr(self.loader.sampler, "set_epoch"):
-            self.loader.sampler.set_epoch(epoch)
-        generator = getattr(self.loader, "generator", None)
-        if generator is not None:
-            generator.manual_seed(self.seed * 100_003 + epoch + 7_919 * self.rank)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Set the sampler's epoch and first micro-batch; per-image randomness is seeded by position, not worker."""
+        self.epoch, self.start = epoch, start
+        if isinstance(self.loader.sampler, EpochSampler):
+            self.loader.sampler.set_epoch(epoch, start=start * (self.loader.batch_size or 1))
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        for index, (images, labels) in enumerate(self.loader):
+        for index, (images, labels) in enumerate(self.loader, start=self.start):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             if self.mix is not None:

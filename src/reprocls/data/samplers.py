@@ -26,23 +26,33 @@ def rank_slice(step: int, batch_size: int, rank: int, world_size: int) -> slice:
     return slice(start, start + batch_size)
 
 
-class EpochSampler(Sampler[int]):
-    """Training indices for file-backed data: this rank's block of every global batch, in epoch_order."""
+class EpochSampler(Sampler[tuple[int, int, int, int]]):
+    """Training items for file-backed data: this rank's block of every global batch, in epoch_order.
+
+    Each item is (index, seed, epoch, position): the dataset seeds the image's random transform from the last three,
+    so augmentation is the same whatever the worker count and when an epoch is resumed part way.
+    """
 
     def __init__(self, n: int, *, batch_size: int, seed: int, repeats: int = 1, rank: int = 0, world_size: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.repeats = n, batch_size, seed, repeats
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.rank, self.world_size, self.epoch, self.start = rank, world_size, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to draw, skipping its first `start` items (a resumed epoch)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return global_batches(self.n, self.batch_size, self.world_size) * self.batch_size
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
         order = epoch_order(self.n, self.seed, self.epoch, self.repeats)
+        position = 0
         for step in range(global_batches(self.n, self.batch_size, self.world_size)):
-            yield from order[rank_slice(step, self.batch_size, self.rank, self.world_size)].tolist()
+            block = order[rank_slice(step, self.batch_size, self.rank, self.world_size)]
+            for i, index in enumerate(block.tolist()):
+                if position >= self.start:
+                    yield index, self.seed, self.epoch, step * self.batch_size * self.world_size + self.rank * self.batch_size + i
+                position += 1
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> torch.Tensor:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import os
+import signal
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Literal, Protocol
 
 import torch
 from torch import nn
@@ -24,7 +27,7 @@ class Batches(Protocol):
 
     def __iter__(self): ...
     def __len__(self) -> int: ...
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
 
 
 class EpochLogger(Protocol):
@@ -53,24 +56,56 @@ class EvalResult:
         return {"loss": self.loss, "top1": self.top1, "top5": self.top5, "samples": self.samples}
 
 
+@dataclass
+class TrainState:
+    """Where training stands: with the modules, optimizer, schedule and RNG states, all a resume needs."""
+
+    epoch: int = 0  # the epoch in progress, counted from 0
+    step: int = 0  # optimizer steps taken over the whole run
+    micro: int = 0  # micro-batches of the current epoch already trained on
+    loss_sum: float = 0.0  # the current epoch's running sums on this process
+    correct: int = 0
+    seen: int = 0
+    nonfinite_skipped: int = 0
+    best_val_top1: float | None = None
+    best_step: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainState:
+        return cls(**values)
+
+
+Checkpoint = Callable[[TrainState], None]
+NonFinitePolicy = Literal["stop", "skip"]
+
+
 def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, *, device: torch.device,
                     amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None = None,
                     grad_clip_norm: float | None = None, accum_steps: int = 1, ema: AveragedModel | None = None,
-                    epoch: int = 0, global_step: int = 0, logger: EpochLogger | None = None, log_every: int = 50,
-                    progress: bool = True) -> dict[str, float]:
-    """One pass over the training split: accum_steps micro-batches per optimizer step; the lr schedule and the
-    EMA advance only on steps the optimizer really takes."""
+                    state: TrainState | None = None, on_nonfinite: NonFinitePolicy = "stop",
+                    checkpoint: Checkpoint | None = None, checkpoint_every: int | None = None,
+                    logger: EpochLogger | None = None, log_every: int = 50, progress: bool = True) -> dict[str, float]:
+    """One pass over the training split (or its rest, when `state` says the epoch is under way): accum_steps
+    micro-batches per optimizer step; the lr schedule and the EMA advance only on steps really taken."""
+    state = state if state is not None else TrainState()
     model.train()
-    loader.set_epoch(epoch)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = torch.zeros((), device=device, dtype=torch.long)
-    steps = len(loader) // accum_steps
-    bar = Progress(steps, f"epoch {epoch + 1} train", enabled=progress)
+    loader.set_epoch(state.epoch, start=state.micro)
+    loss_sum = torch.tensor(state.loss_sum, device=device, dtype=torch.float64)
+    correct = torch.tensor(state.correct, device=device, dtype=torch.long)
+    seen = torch.tensor(state.seen, device=device, dtype=torch.long)
+    total_micro = len(loader) // accum_steps * accum_steps
+    bar = Progress(total_micro // accum_steps, f"epoch {state.epoch + 1} train", enabled=progress)
+    bar.skip(state.micro // accum_steps)
     start = time.perf_counter()
+    images_before = state.seen
+    poisoned = False  # a micro-batch of this step had a non-finite loss: the whole step is dropped
     optimizer.zero_grad(set_to_none=True)
-    for micro, (images, targets) in enumerate(itertools.islice(loader, steps * accum_steps)):
+    for micro, (images, targets) in enumerate(itertools.islice(loader, total_micro - state.micro), start=state.micro):
         completes_step = (micro + 1) % accum_steps == 0
         # DDP all-reduces gradients on every backward unless told not to: only the step's last micro-batch syncs
         sync = completes_step or not isinstance(model, DistributedDataParallel)
@@ -78,48 +113,92 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Op
             with autocast(device, amp_dtype):
                 logits = model(images)
                 loss = criterion(logits, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {global_step}: lower "
-                                         "optim.lr or add train.grad_clip_norm")
-            scaled = loss / accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        labels = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix give soft targets
-        loss_sum += loss.detach().double() * labels.shape[0]
-        correct += (logits.argmax(1) == labels).sum()
-        seen += labels.shape[0]
+            finite = bool(torch.isfinite(loss))
+            if not finite and on_nonfinite == "stop":
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step + 1}; "
+                                         "parameters are unchanged and the last checkpoint is intact. Lower optim.lr, add "
+                                         "train.grad_clip_norm, or set train.on_nonfinite=skip")
+            poisoned |= not finite
+            if finite:
+                scaled = loss / accum_steps
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if finite:
+            labels = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix give soft targets
+            loss_sum += loss.detach().double() * labels.shape[0]
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.shape[0]
         if not completes_step:
             continue
-        if optimizer_step(optimizer, model, scaler, grad_clip_norm):
+        outcome = "skipped" if poisoned else optimizer_step(optimizer, model, scaler, grad_clip_norm)
+        if outcome == "nonfinite" and on_nonfinite == "stop":
+            raise FloatingPointError(f"gradients became non-finite at epoch {state.epoch + 1}, step {state.step + 1}; "
+                                     "parameters are unchanged and the last checkpoint is intact. Lower optim.lr, add "
+                                     "train.grad_clip_norm, or set train.on_nonfinite=skip")
+        if outcome == "stepped":
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(unwrap(model))
+        elif outcome in ("skipped", "nonfinite"):
+            state.nonfinite_skipped += 1
+        poisoned = False
         optimizer.zero_grad(set_to_none=True)
-        global_step += 1
-        if logger is not None and global_step % log_every == 0:
-            logger.log_step(global_step, {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]})
-        bar.update(1, loss=f"{loss.item():.3f}")
+        state.step, state.micro = state.step + 1, micro + 1
+        if logger is not None and state.step % log_every == 0:
+            logger.log_step(state.step, {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]})
+        if checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0 and state.micro < total_micro:
+            state.loss_sum, state.correct, state.seen = float(loss_sum), int(correct), int(seen)
+            checkpoint(state)
+        die_if_asked(state.step)
+        if progress:  # reading the loss waits for the device: only when someone watches
+            bar.update(images.shape[0] * accum_steps, loss=f"{loss.item():.3f}")
     bar.close()
     seconds = time.perf_counter() - start
-    loss_sum, correct, seen = all_reduce_sum(loss_sum, correct, seen)
+    state.loss_sum, state.correct, state.seen = float(loss_sum), int(correct), int(seen)
+    processed = seen - images_before
+    loss_sum, correct, seen, processed = all_reduce_sum(loss_sum, correct, seen, processed)
     total = max(int(seen), 1)
-    return {"loss": float(loss_sum) / total, "top1": int(correct) / total, "images_per_s": int(seen) / seconds,
-            "seconds": seconds, "steps": global_step}
+    return {"loss": float(loss_sum) / total, "top1": int(correct) / total, "images_per_s": int(processed) / seconds,
+            "seconds": seconds}
+
+
+StepOutcome = Literal["stepped", "skipped_by_scaler", "nonfinite"]
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, model: nn.Module, scaler: torch.amp.GradScaler | None,
-                   grad_clip_norm: float | None) -> bool:
-    """Unscale, clip and step; False when the fp16 scaler skipped the step for non-finite gradients."""
+                   grad_clip_norm: float | None) -> StepOutcome:
+    """Unscale, clip and step, unless the gradients are not finite: parameters never take a NaN or inf update."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     if grad_clip_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    elif scaler is None:
+        norm = gradient_norm(model)
     if scaler is None:
+        if not torch.isfinite(norm):
+            return "nonfinite"
         optimizer.step()
-        return True
+        return "stepped"
     scale_before = scaler.get_scale()
-    scaler.step(optimizer)
+    scaler.step(optimizer)  # fp16: the scaler itself skips steps with inf/NaN gradients and lowers its scale
     scaler.update()
-    return scaler.get_scale() >= scale_before  # a skipped step lowers the scale
+    return "stepped" if scaler.get_scale() >= scale_before else "skipped_by_scaler"
+
+
+def gradient_norm(model: nn.Module) -> torch.Tensor:
+    """The global L2 norm of all gradients, without modifying them."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def die_if_asked(step: int) -> None:
+    """Fault injection for the resume tests: SIGKILL this process after optimizer step N of its first attempt."""
+    target = os.environ.get("REPROCLS_FAULT_KILL_AT_STEP")
+    if target is None or int(target) != step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    if os.environ.get("REPROCLS_FAULT_KILL_RANK", os.environ.get("RANK", "0")) == os.environ.get("RANK", "0"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @torch.no_grad()
@@ -160,23 +239,29 @@ class FitResult:
     ema_val: EvalResult | None = None
     train_seconds: float = 0.0
     images_per_s: float = 0.0
+    nonfinite_skipped: int = 0
 
 
 def fit(model: nn.Module, train_loader: Batches, val_loader: Iterable | None, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, *, epochs: int, device: torch.device,
         amp_dtype: torch.dtype | None, num_classes: int, scaler: torch.amp.GradScaler | None = None,
         grad_clip_norm: float | None = None, accum_steps: int = 1, ema: AveragedModel | None = None,
-        eval_every: int = 1, logger: EpochLogger | None = None, log_every: int = 50, progress: bool = True) -> FitResult:
-    """Train for `epochs`, validating the raw (and EMA) weights every `eval_every` epochs and after the last one."""
-    result = FitResult()
-    step, images, start = 0, 0, time.perf_counter()
-    for epoch in range(epochs):
+        state: TrainState | None = None, on_nonfinite: NonFinitePolicy = "stop", checkpoint: Checkpoint | None = None,
+        checkpoint_every: int | None = None, eval_every: int = 1, logger: EpochLogger | None = None,
+        log_every: int = 50, progress: bool = True) -> FitResult:
+    """Train from `state` (a fresh one, or a resumed checkpoint's) to `epochs`, validating the raw and EMA weights
+    every `eval_every` epochs and after the last; `checkpoint` is called every `checkpoint_every` steps and at
+    each epoch end."""
+    state = state if state is not None else TrainState()
+    result = FitResult(history=state.history)
+    start = time.perf_counter()
+    while state.epoch < epochs:
+        epoch = state.epoch
         train = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device=device, amp_dtype=amp_dtype,
                                 scaler=scaler, grad_clip_norm=grad_clip_norm, accum_steps=accum_steps, ema=ema,
-                                epoch=epoch, global_step=step, logger=logger, log_every=log_every, progress=progress)
-        step = int(train.pop("steps"))
-        images += train["images_per_s"] * train["seconds"]
-        record: dict = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                                state=state, on_nonfinite=on_nonfinite, checkpoint=checkpoint,
+                                checkpoint_every=checkpoint_every, logger=logger, log_every=log_every, progress=progress)
+        record: dict = {"epoch": epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
                         **{f"train_{k}": v for k, v in train.items()}}
         last = epoch + 1 == epochs
         if val_loader is not None and ((epoch + 1) % eval_every == 0 or last):
@@ -187,10 +272,19 @@ def fit(model: nn.Module, train_loader: Batches, val_loader: Iterable | None, op
                 result.ema_val = evaluate(ema, val_loader, device=device, amp_dtype=amp_dtype, num_classes=num_classes,
                                           criterion=criterion, description=f"epoch {epoch + 1} val (EMA)", progress=progress)
                 record.update({f"val_ema_{k}": v for k, v in result.ema_val.summary().items()})
+            best_now = max(result.val.top1, result.ema_val.top1 if result.ema_val else 0.0)
+            if state.best_val_top1 is None or best_now > state.best_val_top1:
+                state.best_val_top1, state.best_step = best_now, state.step
+        record["nonfinite_skipped"] = state.nonfinite_skipped
         record["elapsed_s"] = time.perf_counter() - start
-        result.history.append(record)
+        state.history.append(record)
+        state.epoch, state.micro, state.loss_sum, state.correct, state.seen = epoch + 1, 0, 0.0, 0, 0
         if logger is not None:
             logger.log_epoch(record)
-    result.train_seconds = time.perf_counter() - start
-    result.images_per_s = images / max(sum(r["train_seconds"] for r in result.history), 1e-9)
+        if checkpoint is not None:
+            checkpoint(state)
+    result.train_seconds = sum(r["train_seconds"] for r in state.history)
+    images = sum(r["train_images_per_s"] * r["train_seconds"] for r in state.history)
+    result.images_per_s = images / max(result.train_seconds, 1e-9)
+    result.nonfinite_skipped = state.nonfinite_skipped
     return result

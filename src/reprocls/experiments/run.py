@@ -26,6 +26,8 @@ from reprocls.engine import (SCHEDULERS, EvalResult, FitResult, build_optimizer,
                              resolve_channels_last, resolve_device, resolve_precision, scaled_lr)
 from reprocls.engine.distributed import World, init_distributed, shutdown_distributed
 from reprocls.engine.ema import create_ema
+from reprocls.engine.train import TrainState
+from reprocls.experiments.resume import CHECKPOINTS, Checkpointer, agree_on, find_resume_point, restore
 from reprocls.envinfo import environment
 from reprocls.experiments.report import format_table, results_table, write_report
 from reprocls.models import MODELS, create_model, warn_if_input_too_small
@@ -86,17 +88,27 @@ def check_input_fits(model: nn.Module, name: str, in_chans: int, image_size: int
 class RunFolder:
     """runs/<name>-<timestamp>/: config, environment, metrics.jsonl, TensorBoard events, weights, results, report."""
 
-    def __init__(self, config: RunConfig, root: Path | None = None) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        base = Path(root or config.output_dir) / f"{config.name}-{stamp}"
-        path, suffix = base, 1
-        while path.exists():
-            path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
-        self.path = path
-        self.path.mkdir(parents=True)
-        dump(config, self.path / "config.yaml")
+    def __init__(self, config: RunConfig, root: Path | None = None, *, resume: Path | None = None,
+                 history: list[dict] | None = None, step: int = 0) -> None:
+        if resume is not None:  # continue a run: keep its folder and config, drop log lines past the checkpoint
+            self.path = resume
+            self.write_lines("metrics.jsonl", [json.dumps(record) for record in history or []])
+        else:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            base = Path(root or config.output_dir) / f"{config.name}-{stamp}"
+            path, suffix = base, 1
+            while path.exists():
+                path, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
+            self.path = path
+            self.path.mkdir(parents=True)
+            dump(config, self.path / "config.yaml")
         self.metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
-        self.tensorboard = SummaryWriter(str(self.path / "tensorboard"))
+        self.tensorboard = SummaryWriter(str(self.path / "tensorboard"), purge_step=step if resume is not None else None)
+
+    def write_lines(self, name: str, lines: list[str]) -> None:
+        temporary = self.path / f".{name}.tmp"
+        temporary.write_text("".join(f"{line}\n" for line in lines))
+        temporary.replace(self.path / name)
 
     def write_json(self, name: str, payload: Any) -> None:
         """Write through a temporary file so a crash never leaves half a JSON file."""
@@ -212,20 +224,21 @@ def pick_weights(outcome: FitResult, ema: nn.Module | None) -> str:
     return "ema" if outcome.ema_val.top1 >= outcome.val.top1 else "raw"
 
 
-def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True) -> tuple[Path | None, dict[str, Any]]:
+def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True,
+                 resume: str | None = None) -> tuple[Path | None, dict[str, Any]]:
     """Train a recipe end to end and write its run folder; returns (folder, results). Under torchrun every process
-    trains its share and only rank 0 writes (the others return folder None)."""
+    trains its share and only rank 0 writes (the others return folder None). `resume`: 'auto' or a path."""
     wall_start = time.perf_counter()
     world, dist_device = init_distributed(config.train.device)
     try:
         return _train(config, world, dist_device, wall_start, progress=progress and world.is_main,
-                      echo=echo and world.is_main)
+                      echo=echo and world.is_main, resume=resume)
     finally:
         shutdown_distributed()
 
 
 def _train(config: RunConfig, world: World, device: torch.device | None, wall_start: float, *, progress: bool,
-           echo: bool) -> tuple[Path | None, dict[str, Any]]:
+           echo: bool, resume: str | None) -> tuple[Path | None, dict[str, Any]]:
     session = prepare(config, device)
     splits, model, device = session.splits, session.model, session.device
     seed_everything(config.seed + world.rank)  # dropout and stochastic depth differ across processes
@@ -244,10 +257,21 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
     criterion = nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
     scaler = torch.amp.GradScaler(device.type) if session.amp_dtype == torch.float16 else None
     ema = create_ema(model, config.train.ema_decay, config.train.ema_warmup) if config.train.ema_decay else None
+    say = print if echo else (lambda *a, **k: None)
+    point = agree_on(find_resume_point(config, resume) if resume and world.is_main else None, world)
+    state = TrainState()
+    if point is not None:
+        state = restore(point, config, world, model, optimizer, scheduler, scaler, ema, splits.classes)
+        say(f"resuming {point.checkpoint} at epoch {state.epoch + 1}, step {state.step}")
+    elif resume:
+        say(f"--resume {resume}: no checkpoint of {config.name!r} under {config.output_dir}; starting a new run")
     trained = wrap_for_training(model, config, world, device)
     params = sum(p.numel() for p in model.parameters())
-    say = print if echo else (lambda *a, **k: None)
-    run = RunFolder(config) if world.is_main else None  # only now: a recipe that fails to set up leaves no run folder
+    run = None
+    if world.is_main:  # only now: a recipe that fails to set up leaves no run folder
+        run = RunFolder(config, resume=point.run_dir if point else None, history=state.history, step=state.step)
+    checkpointer = Checkpointer(run.path / CHECKPOINTS if run else None, config, world, model, optimizer, scheduler, scaler,
+                                ema, splits.classes)
     if run is not None:
         say(f"run folder: {run.path}")
         run.write_json("environment.json", environment())
@@ -267,6 +291,8 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         outcome = fit(trained, train_loader, val_loader, optimizer, scheduler, criterion, epochs=config.schedule.epochs,
                       device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes, scaler=scaler,
                       grad_clip_norm=config.train.grad_clip_norm, accum_steps=config.train.accum_steps, ema=ema,
+                      state=state, on_nonfinite=config.train.on_nonfinite, checkpoint=checkpointer,
+                      checkpoint_every=config.train.checkpoint_every,
                       eval_every=config.train.eval_every, logger=_Echo(run, say) if run is not None else None,
                       log_every=config.train.log_every, progress=progress)
         chosen = pick_weights(outcome, ema)
@@ -292,6 +318,7 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         "params": params, "classes": splits.classes, "epochs": config.schedule.epochs, "seed": config.seed,
         "precision": str(session.amp_dtype or "fp32").replace("torch.", ""), "channels_last": session.channels_last,
         "lr": {k: v for k, v in lr.items() if k != "text"}, "ema": ema_summary,
+        "resumed_from": point.checkpoint.name if point else None, "nonfinite_skipped": outcome.nonfinite_skipped,
         "val": eval_result_dict(chosen_val, splits.classes) if chosen_val else None,
         "test": eval_result_dict(test, splits.classes),
         "train_time_s": outcome.train_seconds, "images_per_s": outcome.images_per_s,

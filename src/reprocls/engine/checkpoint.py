@@ -1,0 +1,162 @@
+"""Resumable checkpoints that survive kills, full disks and tampering: atomic folders, checksums, safe loading.
+
+A checkpoint is a folder `step-<N>/` holding `weights.safetensors` (model and EMA tensors), `state.pt` (optimizer,
+schedule, scaler, counters, RNG states; loaded only with `torch.load(weights_only=True)`) and `manifest.json`
+(step, epoch, config hash and the SHA-256 of both files), written last so a folder without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS, STATE, MANIFEST = "weights.safetensors", "state.pt", "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or trusted; the message says what is intact and what to do."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to the disk, so a power loss after the rename cannot leave an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
+                     info: dict[str, Any]) -> Path:
+    """Write step-<step>/ next to the older checkpoints, all or nothing: a temporary folder, fsync, one rename."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:09d}"
+    temporary = folder / f".tmp-step-{step:09d}-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        temporary.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary / WEIGHTS))
+        torch.save(state, temporary / STATE)
+        manifest = {**info, "step": step, "files": {name: sha256(temporary / name) for name in (WEIGHTS, STATE)}}
+        (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        for name in (WEIGHTS, STATE, MANIFEST):
+            _fsync(temporary / name)
+        _fsync(temporary)
+        if final.exists():  # the same step saved again (an epoch end that is also an every-N step)
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        _fsync(folder)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = [p.name for p in checkpoint_folders(folder)]
+        raise CheckpointError(f"could not write checkpoint {final.name} ({error.strerror or error}); earlier checkpoints "
+                              f"are untouched ({', '.join(kept) or 'none yet'}). Free space in {folder} and continue "
+                              "with --resume auto.") from error
+    return final
+
+
+def checkpoint_folders(folder: Path) -> list[Path]:
+    """Finished checkpoint folders (temporary ones excluded), in no particular order."""
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")]
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The manifest of an intact checkpoint; CheckpointError when a file is missing, truncated or altered."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise CheckpointError(f"{path} has no {MANIFEST}: the write did not finish")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{manifest_path} is damaged ({error})") from None
+    for name, expected in manifest.get("files", {}).items():
+        if not (path / name).exists():
+            raise CheckpointError(f"{path / name} is missing")
+        if sha256(path / name) != expected:
+            raise CheckpointError(f"{path / name} does not match its checksum: truncated or altered")
+    return manifest
+
+
+def newest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The intact checkpoint with the highest step, warning about each damaged one passed over."""
+    candidates = []
+    for path in checkpoint_folders(folder):
+        try:
+            candidates.append((verify(path), path))
+        except CheckpointError as error:
+            warnings.warn(f"skipping damaged checkpoint: {error}", stacklevel=2)
+    if not candidates:
+        return None
+    manifest, path = max(candidates, key=lambda item: item[0]["step"])
+    return path, manifest
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(tensors, training state, manifest) of a verified checkpoint; never unpickles anything but plain data."""
+    manifest = verify(path)
+    try:
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"refusing to load {path / STATE}: it holds Python objects that could run code when "
+                              f"unpickled ({str(error).splitlines()[0]}). reprocls loads training state only with "
+                              "torch.load(weights_only=True) and has no unsafe fallback; use checkpoints you wrote.") from None
+    return load_file(str(path / WEIGHTS)), state, manifest
+
+
+def prune(folder: Path, keep: int, best_step: int | None) -> None:
+    """Delete all but the `keep` newest checkpoints and the best one."""
+    steps = []
+    for path in checkpoint_folders(folder):
+        try:
+            steps.append((json.loads((path / MANIFEST).read_text())["step"], path))
+        except (OSError, ValueError, KeyError):
+            continue  # damaged: left for inspection, never chosen by newest_valid
+    steps.sort(reverse=True)
+    for index, (step, path) in enumerate(steps):
+        if index >= keep and step != best_step:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG the run draws from, as plain data that weights_only loading accepts."""
+    version, values, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": [version, list(values), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    version, values, gauss = states["python"]
+    random.setstate((version, tuple(values), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

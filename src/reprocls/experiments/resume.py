@@ -1,0 +1,155 @@
+"""Checkpoints of a training run and exact resumption: what is saved, which checkpoint to continue, and when not to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from reprocls.config import ConfigError, RunConfig, to_dict
+from reprocls.engine.checkpoint import (CheckpointError, load_checkpoint, newest_valid, prune, restore_rng_states,
+                                        rng_states, verify, write_checkpoint)
+from reprocls.engine.distributed import World, unwrap
+from reprocls.engine.train import TrainState
+
+CHECKPOINTS = "checkpoints"
+# Keys that change how a run is observed or where it reads and writes, never what it computes.
+HARMLESS_KEYS = ("name", "output_dir", "data.root", "data.download", "data.workers", "data.eval_batch_size",
+                 "train.log_every", "train.threads", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+                 "train.on_nonfinite", "reference")
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path not in ("model.kwargs",):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _harmless(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in HARMLESS_KEYS)
+
+
+def experiment_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config without the harmless keys: what must match for a resume to continue the same run."""
+    return {k: v for k, v in flatten(config).items() if not _harmless(k)}
+
+
+def config_hash(config: RunConfig) -> str:
+    return hashlib.sha256(json.dumps(experiment_keys(to_dict(config)), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_same_experiment(saved: dict[str, Any], config: RunConfig) -> None:
+    """Refuse to continue a checkpoint under a config that changes the experiment, listing every differing key."""
+    before, after = experiment_keys(saved), experiment_keys(to_dict(config))
+    differing = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if differing:
+        lines = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in differing)
+        raise ConfigError(f"cannot resume: the recipe changes the experiment ({lines}). Undo these changes, or start a new "
+                          f"run without --resume. Keys that may change on resume: {', '.join(HARMLESS_KEYS)}")
+
+
+@dataclass
+class ResumePoint:
+    """The run folder and checkpoint a training continues from."""
+
+    run_dir: Path
+    checkpoint: Path
+    manifest: dict[str, Any]
+
+
+def find_resume_point(config: RunConfig, resume: str) -> ResumePoint | None:
+    """`auto`: the newest valid checkpoint (by step) of the most recent run of this recipe, or None to start fresh;
+    a path: that checkpoint folder, or the newest valid checkpoint of that run folder."""
+    if resume == "auto":
+        runs = sorted(Path(config.output_dir).glob(f"{config.name}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for run_dir in runs:
+            found = newest_valid(run_dir / CHECKPOINTS)
+            if found is not None:
+                return ResumePoint(run_dir, *found)
+        return None
+    path = Path(resume)
+    if (path / "manifest.json").exists():
+        return ResumePoint(path.parent.parent, path, verify(path))
+    found = newest_valid(path / CHECKPOINTS)
+    if found is None:
+        raise CheckpointError(f"--resume {resume}: no intact checkpoint there; pass a run folder with checkpoints/ or one "
+                              "checkpoints/step-N folder, or --resume auto")
+    return ResumePoint(path, *found)
+
+
+def agree_on(value: Any, world: World) -> Any:
+    """Rank 0's value on every rank, so all processes continue the same checkpoint."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Checkpointer:
+    """Saves everything a bitwise-exact resume needs into <run>/checkpoints/, on rank 0 only."""
+
+    def __init__(self, folder: Path | None, config: RunConfig, world: World, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None,
+                 ema: AveragedModel | None, classes: list[str]) -> None:
+        self.folder, self.config, self.world = folder, config, world
+        self.model, self.optimizer, self.scheduler, self.scaler, self.ema, self.classes = (model, optimizer, scheduler,
+                                                                                         scaler, ema, classes)
+
+    def __call__(self, state: TrainState) -> None:
+        mine = {"rng": rng_states(), "loss_sum": state.loss_sum, "correct": state.correct, "seen": state.seen}
+        ranks = [mine]
+        if self.world.distributed:
+            ranks = [None] * self.world.world_size
+            dist.all_gather_object(ranks, mine)  # each process's RNG streams and partial-epoch sums
+        if self.folder is None:
+            return
+        tensors = {f"model.{k}": v for k, v in unwrap(self.model).state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        training = {"state": state.to_dict(), "ranks": ranks, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
+        info = {"epoch": state.epoch, "micro": state.micro, "world_size": self.world.world_size, "classes": self.classes,
+                "config_hash": config_hash(self.config), "config": to_dict(self.config)}
+        write_checkpoint(self.folder, state.step, tensors, training, info)
+        prune(self.folder, self.config.train.keep_checkpoints, state.best_step)
+
+
+def restore(point: ResumePoint, config: RunConfig, world: World, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None,
+            ema: AveragedModel | None, classes: list[str]) -> TrainState:
+    """Load a checkpoint into freshly built objects and every RNG; returns the training position to continue from."""
+    check_same_experiment(point.manifest["config"], config)
+    if point.manifest.get("classes") != classes:
+        raise ConfigError(f"cannot resume: the data's classes {classes} differ from the checkpoint's "
+                          f"{point.manifest.get('classes')}")
+    tensors, training, _ = load_checkpoint(point.checkpoint)
+    unwrap(model).load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    if scaler is not None and training["scaler"]:
+        scaler.load_state_dict(training["scaler"])
+    state = TrainState.from_dict(training["state"])
+    ranks = training["ranks"]
+    if world.rank < len(ranks) and len(ranks) == world.world_size:
+        mine = ranks[world.rank]
+        state.loss_sum, state.correct, state.seen = mine["loss_sum"], mine["correct"], mine["seen"]
+        restore_rng_states(mine["rng"])
+    else:
+        raise ConfigError(f"cannot resume: the checkpoint was written by {len(ranks)} process(es), this job has "
+                          f"{world.world_size}; resume with the same process count")
+    return state
