@@ -18,7 +18,8 @@ from reprocls.config import ConfigError, load_config, to_dict
 from reprocls.engine import checkpoint as ckpt
 from reprocls.engine.checkpoint import CheckpointError, load_checkpoint, newest_valid, prune, write_checkpoint
 from reprocls.engine.train import TrainState, train_one_epoch
-from reprocls.experiments.resume import check_same_experiment, config_hash
+from reprocls.engine.distributed import World
+from reprocls.experiments.resume import ResumePoint, check_same_experiment, config_hash, restore
 
 REPO = Path(__file__).parent.parent
 CPU = torch.device("cpu")
@@ -103,6 +104,28 @@ def test_resume_refuses_a_changed_experiment_but_allows_harmless_keys() -> None:
     base = load_config(REPO / "configs/quickstart.yaml")
     assert config_hash(base) == config_hash(load_config(REPO / "configs/quickstart.yaml", ["train.log_every=3"]))
     assert config_hash(base) != config_hash(load_config(REPO / "configs/quickstart.yaml", ["model.name=resnet32"]))
+
+
+@pytest.mark.slow
+def test_file_backed_runs_resume_byte_identical_whatever_the_workers(fmnist_folder: Path, tmp_path: Path) -> None:
+    common = [f"data.root={fmnist_folder}", "data.name=image_folder", "data.image_size=28", "data.batch_size=16",
+              "schedule.epochs=2", "data.augment.policy=trivialaugment", "train.checkpoint_every=2", "train.threads=1"]
+    clean = train_cli(tmp_path / "clean", *common, "data.workers=0")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    killed = train_cli(tmp_path / "killed", *common, "data.workers=2", kill_at=5)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = train_cli(tmp_path / "killed", *common, "data.workers=1", extra_args=("--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((only_run(tmp_path / "killed") / "results.json").read_text())["resumed_from"] == "step-000000004"
+    assert same_bytes(only_run(tmp_path / "killed"), only_run(tmp_path / "clean"))
+
+
+def test_resume_on_data_with_other_classes_is_refused() -> None:
+    config = load_config(REPO / "configs/quickstart.yaml")
+    point = ResumePoint(Path("run"), Path("run/checkpoints/step-000000001"),
+                        {"config": to_dict(config), "classes": ["cat", "dog"]})
+    with pytest.raises(ConfigError, match=r"classes \['cat', 'bird'\] differ from the checkpoint's \['cat', 'dog'\]"):
+        restore(point, config, World(), None, None, None, None, None, ["cat", "bird"])
 
 
 def test_resume_of_another_recipe_names_the_differing_keys(fmnist_root: Path, tmp_path: Path) -> None:
