@@ -103,7 +103,6 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Op
     bar.skip(state.micro // accum_steps)
     start = time.perf_counter()
     images_before = state.seen
-    poisoned = False  # a micro-batch of this step had a non-finite loss: the whole step is dropped
     optimizer.zero_grad(set_to_none=True)
     for micro, (images, targets) in enumerate(itertools.islice(loader, total_micro - state.micro), start=state.micro):
         completes_step = (micro + 1) % accum_steps == 0
@@ -118,10 +117,10 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Op
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step + 1}; "
                                          "parameters are unchanged and the last checkpoint is intact. Lower optim.lr, add "
                                          "train.grad_clip_norm, or set train.on_nonfinite=skip")
-            poisoned |= not finite
-            if finite:
-                scaled = loss / accum_steps
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            # a non-finite loss still runs backward (every DDP process must join the all-reduce); its NaN gradients
+            # then make optimizer_step refuse the step on every process alike
+            scaled = loss / accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if finite:
             labels = targets.argmax(1) if targets.ndim == 2 else targets  # MixUp/CutMix give soft targets
             loss_sum += loss.detach().double() * labels.shape[0]
@@ -129,7 +128,7 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Op
             seen += labels.shape[0]
         if not completes_step:
             continue
-        outcome = "skipped" if poisoned else optimizer_step(optimizer, model, scaler, grad_clip_norm)
+        outcome = optimizer_step(optimizer, model, scaler, grad_clip_norm)
         if outcome == "nonfinite" and on_nonfinite == "stop":
             raise FloatingPointError(f"gradients became non-finite at epoch {state.epoch + 1}, step {state.step + 1}; "
                                      "parameters are unchanged and the last checkpoint is intact. Lower optim.lr, add "
@@ -138,9 +137,8 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Op
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(unwrap(model))
-        elif outcome in ("skipped", "nonfinite"):
+        elif outcome == "nonfinite":
             state.nonfinite_skipped += 1
-        poisoned = False
         optimizer.zero_grad(set_to_none=True)
         state.step, state.micro = state.step + 1, micro + 1
         if logger is not None and state.step % log_every == 0:
