@@ -1,0 +1,1 @@
+"""Compression and deployment: pruning, INT8 quantization and export of trained models, with their measurements."""
