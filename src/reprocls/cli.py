@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import os
 import sys
@@ -17,6 +18,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.recipe, args.overrides)
     train_recipe(config, progress=not args.quiet, resume=args.resume)
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from reprocls.experiments.compress_run import CompressPlan, compress_run, parse_prune
+
+    plan = CompressPlan(quantize=args.quantize, quantize_backend=args.quantize_backend, iterations=args.iterations,
+                        finetune_epochs=args.finetune_epochs, finetune_lr_factor=args.finetune_lr_factor,
+                        calibration_images=args.calibration_images, scope=args.scope, threads=args.threads,
+                        batches=[int(b) for b in args.batches.split(",")])
+    if args.prune:
+        plan.prune, plan.amount = parse_prune(args.prune)
+    compress_run(args.target, plan, out=Path(args.out) if args.out else None, progress=not args.quiet)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from reprocls.experiments.compress_run import export_run
+
+    export_run(args.target, args.format, out=Path(args.out) if args.out else None)
     return 0
 
 
@@ -133,6 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="auto|PATH", help="continue the newest intact checkpoint of this recipe's latest "
                        "run (auto; starts fresh when there is none), or of a given run folder or checkpoints/step-N folder")
     train.set_defaults(func=cmd_train)
+
+    compress = sub.add_parser("compress", help="prune and/or quantize a trained run; compare accuracy, size and latency")
+    compress.add_argument("target", help="run folder or its model.safetensors")
+    compress.add_argument("--prune", metavar="METHOD:AMOUNT", help="unstructured:0.5 (share of weights zeroed) or "
+                          "structured:0.5 (share of channels removed)")
+    compress.add_argument("--scope", choices=("global", "layer"), default="global", help="unstructured: one threshold "
+                          "for the whole model or the same share per layer")
+    compress.add_argument("--iterations", type=int, default=1, help="prune -> fine-tune rounds that reach the amount")
+    compress.add_argument("--quantize", choices=("none", "dynamic", "static", "qat"), default="none",
+                          help="INT8: dynamic (Linear layers), static (calibrated post-training) or qat")
+    compress.add_argument("--quantize-backend", choices=("pt2e", "fx"), default="pt2e", help="static INT8 path")
+    compress.add_argument("--finetune-epochs", type=int, default=0, help="epochs of fine-tuning per pruning round (QAT epochs)")
+    compress.add_argument("--finetune-lr-factor", type=float, default=0.1, help="fine-tuning lr as a share of the recipe's")
+    compress.add_argument("--calibration-images", type=int, default=512, help="training images for static INT8 calibration")
+    compress.add_argument("--batches", default="1,64", help="batch sizes to time, comma-separated")
+    compress.add_argument("--threads", type=int, help="torch CPU threads for the measurements")
+    compress.add_argument("--out", help="output folder (default: RUN/compress-<timestamp>)")
+    compress.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    compress.set_defaults(func=cmd_compress)
+
+    export = sub.add_parser("export", help="export a trained run for deployment, checked against the eager model")
+    export.add_argument("target", help="run folder or its model.safetensors")
+    export.add_argument("--format", nargs="+", choices=("onnx", "torch-export", "safetensors"), default=["onnx"])
+    export.add_argument("--out", help="output folder (default: RUN/export)")
+    export.set_defaults(func=cmd_export)
 
     evaluate = sub.add_parser("eval", help="re-evaluate a run folder or a model.safetensors")
     evaluate.add_argument("target", help="run folder or weights file")

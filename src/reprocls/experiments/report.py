@@ -81,6 +81,19 @@ def format_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {label.ljust(width)}  {value}" for label, value in rows)
 
 
+def format_grid(rows: list[list[str]]) -> str:
+    """A header row and data rows as aligned plain-text columns for the terminal."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines[:1] + ["  " + "  ".join("-" * w for w in widths)] + lines[1:])
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """A header row and data rows as a Markdown table."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]) + "\n"
+
+
 def write_report(run_dir: Path, results: dict[str, Any], history: list[dict], config_yaml: str) -> Path:
     """report.md with the summary, curves, confusion matrix and per-class accuracy of the test split."""
     plot_curves(history, run_dir / "curves.png")

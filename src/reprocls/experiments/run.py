@@ -365,9 +365,19 @@ def locate_weights(target: Path) -> tuple[Path, Path | None]:
     return target, target.parent if (target.parent / "results.json").exists() else None
 
 
-def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a trained model on a split with the preprocessing and precision it was trained with."""
+@dataclass
+class LoadedRun:
+    """A trained model rebuilt from its weights file, with the recipe, data and settings it was trained with."""
+
+    config: RunConfig
+    session: Session
+    metadata: dict[str, Any]
+    weights: Path
+    run_dir: Path | None
+
+
+def load_run(target: str | Path, overrides: list[str] | None = None, device: torch.device | None = None) -> LoadedRun:
+    """Rebuild a run's model and data from a run folder or model.safetensors (the recipe travels in its metadata)."""
     weights, run_dir = locate_weights(Path(target))
     with safe_open(str(weights), framework="pt") as handle:
         metadata = handle.metadata() or {}
@@ -376,7 +386,7 @@ def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str]
     raw = json.loads(metadata["config"])
     config: RunConfig = build(RunConfig, apply_overrides(raw, list(overrides or [])))
     config.model.weights = None
-    session = prepare(config)
+    session = prepare(config, device)
     info = json.loads(metadata["reprocls"])
     if session.splits.classes != info["classes"]:
         model_classes, data_classes = set(info["classes"]), set(session.splits.classes)
@@ -384,8 +394,15 @@ def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str]
         raise ConfigError(f"the data's classes differ from the model's: missing from the data {missing}, unknown to the model "
                           f"{extra} (model: {info['classes']}, data: {session.splits.classes}); evaluate on data with exactly "
                           "the model's classes, e.g. data.root=<folder with one sub-folder per model class>")
-    state = load_file(str(weights))
-    session.model.load_state_dict(state)
+    session.model.load_state_dict(load_file(str(weights)))
+    return LoadedRun(config, session, metadata, weights, run_dir)
+
+
+def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str] | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Re-evaluate a trained model on a split with the preprocessing and precision it was trained with."""
+    loaded = load_run(target, overrides)
+    config, session = loaded.config, loaded.session
     data_split = {"test": session.splits.test, "val": session.splits.val, "train": session.splits.train}[split]
     if data_split is None:
         raise ValueError(f"this run has no {split} split (data.val_fraction was 0)")
@@ -396,8 +413,8 @@ def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str]
                       criterion=nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing),
                       description=split, progress=progress)
     out = {"split": split, **eval_result_dict(result, session.splits.classes)}
-    if run_dir is not None and (run_dir / "results.json").exists():
-        recorded = json.loads((run_dir / "results.json").read_text()).get(split)
+    if loaded.run_dir is not None and (loaded.run_dir / "results.json").exists():
+        recorded = json.loads((loaded.run_dir / "results.json").read_text()).get(split)
         if recorded:
             out["recorded"] = {k: recorded[k] for k in ("top1", "top5", "loss")}
     return out

@@ -1,0 +1,38 @@
+"""What a compressed model costs at inference: latency per batch size and weight size, measured the same way for all."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, sample: torch.Tensor, batch: int, *, warmup: int = 3, repeats: int = 15,
+               min_seconds: float = 0.5) -> float:
+    """Median milliseconds of one forward pass over `batch` copies of `sample` (C, H, W), after warm-up calls
+    (which also trigger any compilation for that shape)."""
+    inputs = sample.unsqueeze(0).expand(batch, *sample.shape).contiguous()
+    for _ in range(warmup):
+        model(inputs)
+    timings: list[float] = []
+    started = time.perf_counter()
+    while len(timings) < repeats or (time.perf_counter() - started < min_seconds and len(timings) < 10 * repeats):
+        begin = time.perf_counter()
+        model(inputs)
+        timings.append((time.perf_counter() - begin) * 1000)
+    return statistics.median(timings)
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of the model's tensors as torch.save writes them: a fair size for fp32, pruned and INT8 modules."""
+    buffer = io.BytesIO()
+    torch.save({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}, buffer)
+    return buffer.tell()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

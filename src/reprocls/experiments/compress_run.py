@@ -1,0 +1,283 @@
+"""A run folder in, compressed variants out: prune (iteratively, with fine-tuning), quantize, measure, compare."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from reprocls.compress.measure import count_parameters, latency_ms, state_dict_bytes
+from reprocls.config import ConfigError, OptimConfig, ScheduleConfig
+from reprocls.data import make_loader
+from reprocls.engine import build_optimizer, build_scheduler, evaluate, fit
+from reprocls.experiments.report import format_grid, markdown_table
+from reprocls.experiments.run import LoadedRun, load_run
+
+PruneMethod = Literal["none", "unstructured", "structured"]
+QuantizeMethod = Literal["none", "dynamic", "static", "qat"]
+
+
+@dataclass
+class CompressPlan:
+    """What to do to a trained model; the command-line flags of `reprocls compress` fill it."""
+
+    prune: PruneMethod = "none"
+    amount: float = 0.5  # final share of weights (unstructured) or channels (structured) removed
+    scope: Literal["global", "layer"] = "global"
+    iterations: int = 1  # prune -> fine-tune rounds that reach `amount`
+    quantize: QuantizeMethod = "none"
+    quantize_backend: Literal["pt2e", "fx"] = "pt2e"
+    finetune_epochs: int = 0  # per pruning round; for QAT, the QAT epochs
+    finetune_lr_factor: float = 0.1  # fine-tuning lr as a share of the recipe's
+    calibration_images: int = 512
+    batches: list[int] = field(default_factory=lambda: [1, 64])
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.prune == "none" and self.quantize == "none":
+            raise ConfigError("nothing to do: give --prune METHOD:AMOUNT and/or --quantize dynamic|static|qat")
+        if self.prune != "none" and not 0 < self.amount < 1:
+            raise ConfigError(f"--prune amount {self.amount} must be in (0, 1), e.g. structured:0.5")
+        if self.iterations < 1 or self.finetune_epochs < 0:
+            raise ConfigError("--iterations must be >= 1 and --finetune-epochs >= 0")
+        if self.quantize == "qat" and self.finetune_epochs == 0:
+            raise ConfigError("--quantize qat needs --finetune-epochs N > 0 (quantization-aware training is fine-tuning)")
+
+
+@dataclass
+class Variant:
+    """One model in the comparison, measured on the same test split and inputs as the others."""
+
+    name: str
+    top1: float
+    params: int
+    size_bytes: int
+    latency_ms: dict[int, float]
+    macs: int | None = None
+    sparsity: float | None = None
+    notes: str = ""
+
+
+def parse_prune(text: str) -> tuple[PruneMethod, float]:
+    """'structured:0.5' -> ('structured', 0.5)."""
+    method, _, amount = text.partition(":")
+    if method not in ("unstructured", "structured") or not amount:
+        raise ConfigError(f"--prune {text!r}: expected unstructured:AMOUNT or structured:AMOUNT, e.g. structured:0.5")
+    try:
+        return method, float(amount)  # type: ignore[return-value]
+    except ValueError:
+        raise ConfigError(f"--prune {text!r}: {amount!r} is not a number") from None
+
+
+class Compressor:
+    """Builds each variant of a loaded run and measures it; every step is a method a reader can follow in order."""
+
+    def __init__(self, loaded: LoadedRun, plan: CompressPlan, say: Callable[[str], None] = print,
+                 progress: bool = False) -> None:
+        self.loaded, self.plan, self.say, self.progress = loaded, plan, say, progress
+        session, config = loaded.session, loaded.config
+        self.splits, self.config = session.splits, config
+        self.device = torch.device("cpu")  # INT8 kernels and the latency that matters for deployment are on CPU
+        args = dict(device=self.device, seed=config.seed, channels_last=False)
+        self.test_loader = make_loader(self.splits.test, self.splits, config.data, train=False, **args)
+        self.train_loader = make_loader(self.splits.train, self.splits, config.data, train=True, **args)
+        self.calibration_loader = make_loader(self.splits.train, self.splits, config.data, train=False, **args)
+        self.sample = next(iter(self.test_loader))[0][0].contiguous()  # one real, preprocessed test image
+        self.example = self.sample.unsqueeze(0)
+
+    def base_model(self) -> nn.Module:
+        model = copy.deepcopy(self.loaded.session.model).to(self.device, memory_format=torch.contiguous_format)
+        return model.float().eval()
+
+    def top1(self, model: nn.Module) -> float:
+        return evaluate(model, self.test_loader, device=self.device, amp_dtype=None, num_classes=self.splits.num_classes,
+                        description="test", progress=self.progress).top1
+
+    def measure(self, name: str, model: nn.Module, *, size_bytes: int | None = None, notes: str = "") -> Variant:
+        from reprocls.analysis.profile import count_flops
+
+        latencies = {b: latency_ms(model, self.sample, b) for b in self.plan.batches}
+        macs = None
+        if not notes.startswith("int8"):
+            macs = int(count_flops(model, tuple(self.sample.shape))["macs"])
+        zeros = total = 0
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                zeros, total = zeros + int((module.weight == 0).sum()), total + module.weight.numel()
+        variant = Variant(name, self.top1(model), count_parameters(model), size_bytes or state_dict_bytes(model), latencies,
+                          macs, zeros / total if total else None, notes)
+        self.say(f"  {name}: top-1 {100 * variant.top1:.2f} %, " +
+                 ", ".join(f"batch {b} {ms:.2f} ms" for b, ms in latencies.items()))
+        return variant
+
+    def finetune(self, model: nn.Module, epochs: int, *, amp: bool = True) -> None:
+        """A short cosine fine-tune with the recipe's optimizer at a fraction of its learning rate."""
+        optim = OptimConfig(**{**asdict(self.config.optim), "lr": self.config.optim.lr * self.plan.finetune_lr_factor})
+        optimizer = build_optimizer(model, optim, self.config.data.batch_size)
+        schedule = ScheduleConfig(name="cosine", epochs=epochs)
+        scheduler = build_scheduler(optimizer, schedule, len(self.train_loader))
+        fit(model, self.train_loader, None, optimizer, scheduler,
+            nn.CrossEntropyLoss(label_smoothing=self.config.train.label_smoothing), epochs=epochs, device=self.device,
+            amp_dtype=self.loaded.session.amp_dtype if amp else None, num_classes=self.splits.num_classes,
+            progress=self.progress)
+        model.eval()
+
+    def pruned(self, model: nn.Module) -> nn.Module:
+        """Prune in rounds; each round removes the same share of what is left, then fine-tunes."""
+        from reprocls.compress.prune import iterative_amounts, make_permanent, prune_channels, prune_unstructured
+
+        plan, previous = self.plan, 0.0
+        for round_index, target in enumerate(iterative_amounts(plan.amount, plan.iterations), start=1):
+            if plan.prune == "unstructured":  # masks stay on while fine-tuning, so pruned weights stay zero
+                prune_unstructured(model, target, scope=plan.scope, permanent=False)
+            else:  # channel ratios apply to the current (already pruned) widths
+                prune_channels(model, 1 - (1 - target) / (1 - previous), self.example)
+            previous = target
+            self.say(f"  round {round_index}/{plan.iterations}: {plan.prune} pruning to {100 * target:.1f} %")
+            if plan.finetune_epochs:
+                self.finetune(model, plan.finetune_epochs)
+            if plan.prune == "unstructured":
+                make_permanent(model)
+        return model.eval()
+
+    def quantized(self, model: nn.Module) -> nn.Module:
+        from reprocls.compress import quantize
+
+        plan = self.plan
+        if plan.quantize == "dynamic":
+            return quantize.quantize_dynamic_int8(model)
+        if plan.quantize == "static":
+            return quantize.quantize_static_int8(model, self.calibration_batches(), self.example, method=plan.quantize_backend)
+        prepared = quantize.prepare_qat_int8(model.train(), self.example)
+        self.finetune(prepared, plan.finetune_epochs, amp=False)
+        return quantize.convert_qat_int8(prepared, self.example)
+
+    def calibration_batches(self) -> list[torch.Tensor]:
+        """The first `calibration_images` training images, preprocessed like the test set."""
+        batches, seen = [], 0
+        for images, _ in self.calibration_loader:
+            batches.append(images[: self.plan.calibration_images - seen])
+            seen += len(batches[-1])
+            if seen >= self.plan.calibration_images:
+                break
+        return batches
+
+    def run(self) -> list[Variant]:
+        variants = [self.measure("fp32", self.base_model())]
+        model = self.base_model()
+        if self.plan.prune != "none":
+            model = self.pruned(model)
+            name = f"{self.plan.prune} {100 * self.plan.amount:.0f}%"
+            variants.append(self.measure(name, model))
+        if self.plan.quantize != "none":
+            from reprocls.compress.quantize import model_size_bytes
+
+            quantized = self.quantized(model)
+            name = (variants[-1].name + " + " if len(variants) > 1 else "") + f"int8 {self.plan.quantize}"
+            variants.append(self.measure(name, quantized, size_bytes=model_size_bytes(quantized), notes="int8"))
+        return variants
+
+
+def comparison_rows(variants: list[Variant]) -> list[list[str]]:
+    """The comparison table: accuracy change, size, MACs and latency relative to the fp32 original."""
+    base = variants[0]
+    batches = list(base.latency_ms)
+    header = ["variant", "test top-1", "change", "params", "MACs", "zeros", "size"] + [f"batch {b}" for b in batches]
+    rows = [header]
+    for v in variants:
+        lat = [f"{v.latency_ms[b]:.2f} ms ({base.latency_ms[b] / v.latency_ms[b]:.2f}x)" for b in batches]
+        rows.append([v.name, f"{100 * v.top1:.2f} %", f"{100 * (v.top1 - base.top1):+.2f}", f"{v.params / 1e6:.3f} M",
+                     f"{v.macs / 1e6:.1f} M" if v.macs is not None else "-",
+                     f"{100 * v.sparsity:.0f} %" if v.sparsity is not None else "-",
+                     f"{v.size_bytes / 2**20:.2f} MiB ({v.size_bytes / base.size_bytes:.2f}x)", *lat])
+    return rows
+
+
+def plot_comparison(variants: list[Variant], path: Path) -> None:
+    """Accuracy against latency at the largest batch, marker area proportional to size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = max(variants[0].latency_ms)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    biggest = max(v.size_bytes for v in variants)
+    for v in variants:
+        ax.scatter(v.latency_ms[batch], 100 * v.top1, s=40 + 600 * v.size_bytes / biggest, alpha=0.6)
+        ax.annotate(f"{v.name}\n{v.size_bytes / 2**20:.2f} MiB", (v.latency_ms[batch], 100 * v.top1),
+                    textcoords="offset points", xytext=(8, 4), fontsize=8)
+    ax.set_xlabel(f"latency at batch {batch} (ms, CPU)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("accuracy vs latency (marker area: size)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compress_run(target: str | Path, plan: CompressPlan, *, out: Path | None = None, say: Callable[[str], None] = print,
+                 progress: bool = False) -> tuple[Path, list[Variant]]:
+    """Compress a trained run as planned; writes compare.json, compare.md and compare.png into a new folder."""
+    plan.validate()
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
+    loaded = load_run(target, device=torch.device("cpu"))
+    base = loaded.run_dir or loaded.weights.parent
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = out or base / f"compress-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"compressing {loaded.config.model.name} from {loaded.weights} into {folder}")
+    variants = Compressor(loaded, plan, say, progress).run()
+    rows = comparison_rows(variants)
+    (folder / "compare.json").write_text(json.dumps({"plan": asdict(plan), "threads": torch.get_num_threads(),
+                                                      "variants": [asdict(v) for v in variants]}, indent=2))
+    (folder / "compare.md").write_text(markdown_table(rows))
+    plot_comparison(variants, folder / "compare.png")
+    say("\n" + format_grid(rows))
+    say(f"\ncomparison: {folder / 'compare.md'}, plot: {folder / 'compare.png'}")
+    return folder, variants
+
+
+ExportFormat = Literal["onnx", "torch-export", "safetensors"]
+
+
+def export_run(target: str | Path, formats: list[ExportFormat], *, out: Path | None = None,
+               say: Callable[[str], None] = print) -> list[Path]:
+    """Export a run's model for deployment, each format checked against the eager model on real test images."""
+    from reprocls.compress import export
+
+    loaded = load_run(target, device=torch.device("cpu"))
+    folder = out or (loaded.run_dir or loaded.weights.parent) / "export"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(loaded.session.model).to(memory_format=torch.contiguous_format).float().eval()
+    splits, config = loaded.session.splits, loaded.config
+    loader = make_loader(splits.test, splits, config.data, train=False, device=torch.device("cpu"), seed=config.seed,
+                         channels_last=False)
+    images = next(iter(loader))[0][:32]
+    metadata = export.deployment_metadata(loaded.metadata)
+    stem = config.model.name
+    written: list[Path] = []
+    for fmt in formats:
+        if fmt == "onnx":
+            path = export.export_onnx(model, images[:1], folder / f"{stem}.onnx", metadata=metadata)
+            diff = export.verify_onnx(path, model, images)
+            say(f"  {path}: onnxruntime matches eager on {len(images)} test images (max abs diff {diff:.2e})")
+            written.append(path)
+        elif fmt == "torch-export":
+            path = export.export_program(model, images[:1], folder / f"{stem}.pt2")
+            with torch.inference_mode():
+                diff = float((export.load_program(path)(images) - model(images)).abs().max())
+            say(f"  {path}: torch.export program matches eager (max abs diff {diff:.2e})")
+            written.append(path)
+        else:
+            weights, sidecar = export.export_safetensors(model, folder / f"{stem}.safetensors", metadata)
+            say(f"  {weights} + {sidecar.name}: weights and preprocessing metadata")
+            written += [weights, sidecar]
+    return written
