@@ -36,7 +36,8 @@ def fashion_mnist_part(run: Path, batches: list[int], out: Path) -> None:
     for title, plan in PLANS.items():
         plan.batches = batches
         print(f"\n### {title}")
-        compress_run(run, plan, out=out / title.split(" (")[0].replace(" ", "_").replace("%", "").replace(",", ""),
+        slug = "".join(c if c.isalnum() else "_" for c in title).strip("_")
+        compress_run(run, plan, out=out / slug,
                      say=lambda text: print(text) if text.startswith("\n") else None)
 
 

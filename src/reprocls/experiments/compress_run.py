@@ -56,7 +56,7 @@ class Variant:
 
     name: str
     top1: float
-    params: int
+    params: int | None  # None for INT8 programs, whose weights are graph constants rather than parameters
     size_bytes: int
     latency_ms: dict[int, float]
     macs: int | None = None
@@ -110,7 +110,8 @@ class Compressor:
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 zeros, total = zeros + int((module.weight == 0).sum()), total + module.weight.numel()
-        variant = Variant(name, self.top1(model), count_parameters(model), size_bytes or state_dict_bytes(model), latencies,
+        params = None if notes.startswith("int8") else count_parameters(model)
+        variant = Variant(name, self.top1(model), params, size_bytes or state_dict_bytes(model), latencies,
                           macs, zeros / total if total else None, notes)
         self.say(f"  {name}: top-1 {100 * variant.top1:.2f} %, " +
                  ", ".join(f"batch {b} {ms:.2f} ms" for b, ms in latencies.items()))
@@ -192,7 +193,8 @@ def comparison_rows(variants: list[Variant]) -> list[list[str]]:
     rows = [header]
     for v in variants:
         lat = [f"{v.latency_ms[b]:.2f} ms ({base.latency_ms[b] / v.latency_ms[b]:.2f}x)" for b in batches]
-        rows.append([v.name, f"{100 * v.top1:.2f} %", f"{100 * (v.top1 - base.top1):+.2f}", f"{v.params / 1e6:.3f} M",
+        rows.append([v.name, f"{100 * v.top1:.2f} %", f"{100 * (v.top1 - base.top1):+.2f}",
+                     f"{v.params / 1e6:.3f} M" if v.params is not None else "-",
                      f"{v.macs / 1e6:.1f} M" if v.macs is not None else "-",
                      f"{100 * v.sparsity:.0f} %" if v.sparsity is not None else "-",
                      f"{v.size_bytes / 2**20:.2f} MiB ({v.size_bytes / base.size_bytes:.2f}x)", *lat])
