@@ -74,3 +74,17 @@ def test_bad_plans_are_refused_with_the_flag() -> None:
     with pytest.raises(ConfigError, match="structured:0.5"):
         parse_prune("channels:0.5")
     assert parse_prune("structured:0.25") == ("structured", 0.25)
+
+
+def test_plans_load_from_yaml_and_reject_unknown_keys(tmp_path: Path) -> None:
+    from reprocls.experiments.compress_run import load_plan
+
+    plan = load_plan(REPO / "configs/compress/resnet20_structured_int8.yaml")
+    assert (plan.prune, plan.amount, plan.iterations, plan.quantize) == ("structured", 0.5, 2, "static")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prune: structured\niteratons: 3\n")
+    with pytest.raises(ConfigError, match="iteratons.*Did you mean 'iterations'"):
+        load_plan(bad)
+    bad.write_text("prune: channels\n")
+    with pytest.raises(ConfigError, match="plan.prune"):
+        load_plan(bad)

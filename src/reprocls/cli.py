@@ -22,8 +22,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from reprocls.experiments.compress_run import CompressPlan, compress_run, parse_prune
+    from reprocls.experiments.compress_run import CompressPlan, compress_run, load_plan, parse_prune
 
+    if args.plan:
+        compress_run(args.target, load_plan(args.plan), out=Path(args.out) if args.out else None, progress=not args.quiet)
+        return 0
     plan = CompressPlan(quantize=args.quantize, quantize_backend=args.quantize_backend, iterations=args.iterations,
                         finetune_epochs=args.finetune_epochs, finetune_lr_factor=args.finetune_lr_factor,
                         calibration_images=args.calibration_images, scope=args.scope, threads=args.threads,
@@ -157,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compress = sub.add_parser("compress", help="prune and/or quantize a trained run; compare accuracy, size and latency")
     compress.add_argument("target", help="run folder or its model.safetensors")
+    compress.add_argument("--plan", help="a compression recipe (YAML with the keys below), e.g. "
+                          "configs/compress/resnet20_structured_int8.yaml; replaces the other options")
     compress.add_argument("--prune", metavar="METHOD:AMOUNT", help="unstructured:0.5 (share of weights zeroed) or "
                           "structured:0.5 (share of channels removed)")
     compress.add_argument("--scope", choices=("global", "layer"), default="global", help="unstructured: one threshold "

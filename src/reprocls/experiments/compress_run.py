@@ -64,6 +64,20 @@ class Variant:
     notes: str = ""
 
 
+def load_plan(path: str | Path) -> CompressPlan:
+    """A compression recipe from YAML: the same keys as CompressPlan, unknown ones rejected with a suggestion."""
+    import yaml
+
+    from reprocls.config import build
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--plan {path} does not exist (plans live under configs/compress/)")
+    plan = build(CompressPlan, yaml.safe_load(path.read_text()) or {}, "plan")
+    plan.validate()
+    return plan
+
+
 def parse_prune(text: str) -> tuple[PruneMethod, float]:
     """'structured:0.5' -> ('structured', 0.5)."""
     method, _, amount = text.partition(":")
