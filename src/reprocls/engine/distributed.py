@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -45,8 +46,19 @@ def init_distributed(device_name: str) -> tuple[World, torch.device | None]:
     if use_cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=attempt_store(world), rank=world.rank,
+                                world_size=world.world_size, device_id=device if use_cuda else None)
     return world, device
+
+
+def attempt_store(world: World) -> dist.Store:
+    """torchrun's store, with keys private to this restart attempt: after a restart, no process may read the
+    address a dead process of the previous attempt published."""
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", 29500))
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world.world_size, is_master=world.rank == 0 and not agent_store,
+                          timeout=timedelta(minutes=30), multi_tenant=not agent_store)
+    return dist.PrefixStore(f"reprocls/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def shutdown_distributed() -> None:
