@@ -10,7 +10,9 @@ import yaml
 from reprocls.config import ConfigError, RunConfig, describe_keys, dump, load_config
 from reprocls.experiments.run import check_names
 
-CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+ALL_YAML = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+CONFIGS = [p for p in ALL_YAML if p.parent.name != "compress"]  # training recipes
+COMPRESS_PLANS = [p for p in ALL_YAML if p.parent.name == "compress"]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -93,3 +95,10 @@ def test_shipped_recipes_validate(recipe: Path) -> None:
     config = load_config(recipe)
     check_names(config)
     assert yaml.safe_load(recipe.read_text())  # not empty
+
+
+@pytest.mark.parametrize("plan", COMPRESS_PLANS, ids=lambda p: p.name)
+def test_shipped_compression_plans_validate(plan: Path) -> None:
+    from reprocls.experiments.compress_run import load_plan
+
+    assert load_plan(plan).prune != "none" or load_plan(plan).quantize != "none"
