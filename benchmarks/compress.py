@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from reprocls.compress.measure import latency_ms, state_dict_bytes
+from reprocls.compress.measure import latency_ms
 from reprocls.compress.quantize import model_size_bytes, quantize_static_int8
 from reprocls.experiments.compress_run import CompressPlan, compress_run
 from reprocls.experiments.report import format_grid
@@ -60,7 +60,7 @@ def resnet18_part(run: Path, batches: list[int]) -> None:
     rows = [["resnet18 @224", *[f"batch {b}" for b in batches], "size", "top-1 agreement", "relative L2 error"]]
     fp32 = {b: latency_ms(model, images[0], b, repeats=5 if b > 8 else 15) for b in batches}
     q = {b: latency_ms(int8, images[0], b, repeats=5 if b > 8 else 15) for b in batches}
-    rows.append(["fp32 eager", *[f"{fp32[b]:.1f} ms" for b in batches], f"{state_dict_bytes(model) / 2**20:.1f} MiB", "-", "-"])
+    rows.append(["fp32 eager", *[f"{fp32[b]:.1f} ms" for b in batches], f"{model_size_bytes(model) / 2**20:.1f} MiB", "-", "-"])
     rows.append(["int8 static (PT2E)", *[f"{q[b]:.1f} ms ({fp32[b] / q[b]:.2f}x)" for b in batches],
                  f"{model_size_bytes(int8) / 2**20:.1f} MiB", f"{100 * agreement:.1f} % of 64", f"{100 * error:.2f} %"])
     print(f"\n### ResNet-18 at 224x224 (quantized in {prepare_s:.0f} s including calibration)\n" + format_grid(rows))

@@ -1,8 +1,7 @@
-"""What a compressed model costs at inference: latency per batch size and weight size, measured the same way for all."""
+"""What a compressed model costs at inference: latency per batch size, measured the same way for every variant."""
 
 from __future__ import annotations
 
-import io
 import statistics
 import time
 
@@ -25,13 +24,6 @@ def latency_ms(model: nn.Module, sample: torch.Tensor, batch: int, *, warmup: in
         model(inputs)
         timings.append((time.perf_counter() - begin) * 1000)
     return statistics.median(timings)
-
-
-def state_dict_bytes(model: nn.Module) -> int:
-    """Bytes of the model's tensors as torch.save writes them: a fair size for fp32, pruned and INT8 modules."""
-    buffer = io.BytesIO()
-    torch.save({k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}, buffer)
-    return buffer.tell()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,7 +12,10 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from reprocls.compress.measure import count_parameters, latency_ms, state_dict_bytes
+from reprocls.compress.measure import count_parameters, latency_ms
+from reprocls.analysis.profile import count_flops
+from reprocls.compress.prune import iterative_amounts, make_permanent, prune_channels, prune_unstructured, sparsity
+from reprocls.compress.quantize import model_size_bytes
 from reprocls.config import ConfigError, OptimConfig, ScheduleConfig
 from reprocls.data import make_loader
 from reprocls.engine import build_optimizer, build_scheduler, evaluate, fit
@@ -113,20 +116,13 @@ class Compressor:
         return evaluate(model, self.test_loader, device=self.device, amp_dtype=None, num_classes=self.splits.num_classes,
                         description="test", progress=self.progress).top1
 
-    def measure(self, name: str, model: nn.Module, *, size_bytes: int | None = None, notes: str = "") -> Variant:
-        from reprocls.analysis.profile import count_flops
-
+    def measure(self, name: str, model: nn.Module, *, notes: str = "") -> Variant:
         latencies = {b: latency_ms(model, self.sample, b) for b in self.plan.batches}
-        macs = None
-        if not notes.startswith("int8"):
-            macs = int(count_flops(model, tuple(self.sample.shape))["macs"])
-        zeros = total = 0
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                zeros, total = zeros + int((module.weight == 0).sum()), total + module.weight.numel()
-        params = None if notes.startswith("int8") else count_parameters(model)
-        variant = Variant(name, self.top1(model), params, size_bytes or state_dict_bytes(model), latencies,
-                          macs, zeros / total if total else None, notes)
+        int8 = notes.startswith("int8")  # INT8 programs hold their weights as graph constants, not conv/linear modules
+        macs = None if int8 else int(count_flops(model, tuple(self.sample.shape))["macs"])
+        params = None if int8 else count_parameters(model)
+        zeros = None if int8 else sparsity(model).fraction
+        variant = Variant(name, self.top1(model), params, model_size_bytes(model), latencies, macs, zeros, notes)
         self.say(f"  {name}: top-1 {100 * variant.top1:.2f} %, " +
                  ", ".join(f"batch {b} {ms:.2f} ms" for b, ms in latencies.items()))
         return variant
@@ -145,8 +141,6 @@ class Compressor:
 
     def pruned(self, model: nn.Module) -> nn.Module:
         """Prune in rounds; each round removes the same share of what is left, then fine-tunes."""
-        from reprocls.compress.prune import iterative_amounts, make_permanent, prune_channels, prune_unstructured
-
         plan, previous = self.plan, 0.0
         for round_index, target in enumerate(iterative_amounts(plan.amount, plan.iterations), start=1):
             if plan.prune == "unstructured":  # masks stay on while fine-tuning, so pruned weights stay zero
@@ -191,11 +185,9 @@ class Compressor:
             name = f"{self.plan.prune} {100 * self.plan.amount:.0f}%"
             variants.append(self.measure(name, model))
         if self.plan.quantize != "none":
-            from reprocls.compress.quantize import model_size_bytes
-
             quantized = self.quantized(model)
             name = (variants[-1].name + " + " if len(variants) > 1 else "") + f"int8 {self.plan.quantize}"
-            variants.append(self.measure(name, quantized, size_bytes=model_size_bytes(quantized), notes="int8"))
+            variants.append(self.measure(name, quantized, notes="int8"))
         return variants
 
 
