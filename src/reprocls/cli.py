@@ -10,14 +10,69 @@ import sys
 import warnings
 
 from reprocls.engine.checkpoint import CheckpointError
-from reprocls.config import ConfigError, RunConfig, describe_keys, load_config, to_dict
+from reprocls.config import ConfigError, RunConfig, describe_keys, explicit_keys, load_config, read_recipe, to_dict
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from reprocls.experiments.run import train_recipe
 
     config = load_config(args.recipe, args.overrides)
+    if not args.no_doctor and os.environ.get("RANK", "0") == "0":
+        from reprocls.experiments.doctor import diagnose, format_findings
+
+        findings = diagnose(config, explicit=explicit_keys(read_recipe(args.recipe, args.overrides)),
+                            world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        if findings:
+            print(format_findings(findings) + "\n")
     train_recipe(config, progress=not args.quiet, resume=args.resume)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from reprocls.experiments.doctor import diagnose, format_findings
+
+    config = load_config(args.recipe, args.overrides)
+    findings = diagnose(config, explicit=explicit_keys(read_recipe(args.recipe, args.overrides)), world_size=args.nproc)
+    if args.json:
+        print(json.dumps([finding.to_dict() for finding in findings], indent=2))
+    else:
+        print(format_findings(findings) if findings else f"{args.recipe}: no known reproduction pitfalls found")
+    return 1 if any(finding.severity in ("error", "warning") for finding in findings) else 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from reprocls.experiments.tune import tune
+
+    tune(args.recipe, args.overrides, space=args.space, sampler=args.sampler, trials=args.trials, workers=args.workers,
+         pruner=args.pruner, storage=args.storage, study_name=args.study, out=args.out, seed=args.seed,
+         progress=not args.quiet)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from reprocls.experiments.reproduce import reproduce
+
+    config = load_config(args.recipe, args.overrides)
+    summary = reproduce(config, seeds=args.seeds, first_seed=args.first_seed, out=args.out, resume=args.resume,
+                        progress=not args.quiet)
+    return 0 if summary["verdict"]["status"] in ("reproduced", "within noise", "no reference") else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from reprocls.experiments.compare import compare_runs
+
+    comparison = compare_runs(args.runs)
+    print(json.dumps(comparison.to_dict(), indent=2) if args.json else comparison.format())
+    if args.html:
+        comparison.write_html(args.html)
+        print(f"\nreport: {args.html}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reprocls.experiments.html_report import write_html_report
+
+    print(f"report: {write_html_report(args.target)}")
     return 0
 
 
@@ -156,7 +211,51 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.add_argument("--resume", metavar="auto|PATH", help="continue the newest intact checkpoint of this recipe's latest "
                        "run (auto; starts fresh when there is none), or of a given run folder or checkpoints/step-N folder")
+    train.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks before training")
     train.set_defaults(func=cmd_train)
+
+    doctor = sub.add_parser("doctor", help="check a recipe for the classic reasons a reproduction falls short (exit 1 on findings)")
+    doctor.add_argument("recipe", help="YAML recipe")
+    doctor.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    doctor.add_argument("--nproc", type=int, default=1, help="processes (GPUs) the recipe will be trained on")
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(func=cmd_doctor)
+
+    tune = sub.add_parser("tune", help="hyper-parameter search over recipe keys with Optuna")
+    tune.add_argument("recipe", help="the base recipe every trial starts from")
+    tune.add_argument("overrides", nargs="*", help="dotted key=value overrides applied to every trial")
+    tune.add_argument("--space", required=True, help="search space YAML: recipe key -> distribution or list of choices")
+    tune.add_argument("--sampler", choices=("grid", "random", "tpe"), default="tpe")
+    tune.add_argument("--trials", type=int, help="trials in total across all workers (grid: default the whole grid)")
+    tune.add_argument("--workers", type=int, default=1, help="trials run in parallel on this machine")
+    tune.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+                      help="stop poor trials early from their per-epoch validation top-1")
+    tune.add_argument("--storage", help="database URL shared by several machines (default: SQLite in the study folder)")
+    tune.add_argument("--study", help="study name (default: the recipe's name)")
+    tune.add_argument("--out", help="study folder (default: <output_dir>/<study>-study)")
+    tune.add_argument("--seed", type=int, default=0, help="sampler seed")
+    tune.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    tune.set_defaults(func=cmd_tune)
+
+    reproduce = sub.add_parser("reproduce", help="train a recipe with several seeds; mean +- std and a verdict")
+    reproduce.add_argument("recipe", help="YAML recipe with a reference: block")
+    reproduce.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    reproduce.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    reproduce.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
+    reproduce.add_argument("--out", help="reproduction folder (default: <output_dir>/<name>-reproduce-<timestamp>)")
+    reproduce.add_argument("--resume", metavar="FOLDER", help="finish an interrupted reproduction folder")
+    reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    reproduce.set_defaults(func=cmd_reproduce)
+
+    compare = sub.add_parser("compare", help="runs side by side: metrics, config and environment differences")
+    compare.add_argument("runs", nargs="+", help="run folders")
+    compare.add_argument("--json", action="store_true")
+    compare.add_argument("--html", help="also write the comparison as a single-file HTML page")
+    compare.set_defaults(func=cmd_compare)
+
+    report = sub.add_parser("report", help="(re)write the single-file HTML report of a run, study or reproduction folder")
+    report.add_argument("target", help="run, study or reproduction folder")
+    report.set_defaults(func=cmd_report)
 
     compress = sub.add_parser("compress", help="prune and/or quantize a trained run; compare accuracy, size and latency")
     compress.add_argument("target", help="run folder or its model.safetensors")

@@ -134,6 +134,9 @@ class ReferenceConfig:
     source: str = opt("", "where the reported number comes from (paper, table, benchmark)")
     top1: float = opt(0.0, "reported test top-1 accuracy as a fraction (0.949 for 94.9 %)", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
     tolerance: float = opt(0.005, "gap to the reported top-1 still counted as reproduced", **non_negative)
+    batch_size: int | None = opt(None, "the paper's effective batch (all devices); the doctor checks lr scaling against it", **positive)
+    epochs: int | None = opt(None, "the paper's training length in epochs; the doctor flags shorter schedules", **positive)
+    norm_weight_decay: bool | None = opt(None, "whether the paper decays norm weights and biases (null: not stated)")
 
 
 @dataclass
@@ -255,15 +258,34 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML recipe, apply key=value overrides, validate, and fill the run name."""
+def read_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The recipe as written plus overrides, before defaults: what the user set explicitly."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"recipe {path} does not exist (recipes live under configs/, e.g. configs/quickstart.yaml)")
-        raw = yaml.safe_load(path.read_text()) or {}
-    raw = apply_overrides(raw, list(overrides))
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"recipe {path} is not valid YAML: {error}") from None
+    return apply_overrides(raw, list(overrides))
+
+
+def explicit_keys(raw: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of every key a raw recipe sets, e.g. {'seed', 'optim', 'optim.lr'}."""
+    keys = set()
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        keys.add(path)
+        if isinstance(value, dict) and key != "kwargs":
+            keys |= explicit_keys(value, f"{path}.")
+    return keys
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML recipe, apply key=value overrides, validate, and fill the run name."""
+    raw = read_recipe(path, overrides)
     config = build(RunConfig, raw)
     if config.name is None:
         config.name = Path(path).stem if path is not None else "run"

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -224,21 +224,23 @@ def pick_weights(outcome: FitResult, ema: nn.Module | None) -> str:
     return "ema" if outcome.ema_val.top1 >= outcome.val.top1 else "raw"
 
 
-def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True,
-                 resume: str | None = None) -> tuple[Path | None, dict[str, Any]]:
+def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True, resume: str | None = None,
+                 on_epoch: Callable[[dict], None] | None = None) -> tuple[Path | None, dict[str, Any]]:
     """Train a recipe end to end and write its run folder; returns (folder, results). Under torchrun every process
-    trains its share and only rank 0 writes (the others return folder None). `resume`: 'auto' or a path."""
+    trains its share and only rank 0 writes (the others return folder None). `resume`: 'auto' or a path.
+    `on_epoch(record)` sees each epoch's metrics on rank 0 after they are logged; an exception it raises (a search
+    pruning the trial) ends training with the run folder's logs intact."""
     wall_start = time.perf_counter()
     world, dist_device = init_distributed(config.train.device)
     try:
         return _train(config, world, dist_device, wall_start, progress=progress and world.is_main,
-                      echo=echo and world.is_main, resume=resume)
+                      echo=echo and world.is_main, resume=resume, on_epoch=on_epoch)
     finally:
         shutdown_distributed()
 
 
 def _train(config: RunConfig, world: World, device: torch.device | None, wall_start: float, *, progress: bool,
-           echo: bool, resume: str | None) -> tuple[Path | None, dict[str, Any]]:
+           echo: bool, resume: str | None, on_epoch: Callable[[dict], None] | None) -> tuple[Path | None, dict[str, Any]]:
     session = prepare(config, device)
     splits, model, device = session.splits, session.model, session.device
     seed_everything(config.seed + world.rank)  # dropout and stochastic depth differ across processes
@@ -293,7 +295,7 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
                       grad_clip_norm=config.train.grad_clip_norm, accum_steps=config.train.accum_steps, ema=ema,
                       state=state, on_nonfinite=config.train.on_nonfinite, checkpoint=checkpointer,
                       checkpoint_every=config.train.checkpoint_every,
-                      eval_every=config.train.eval_every, logger=_Echo(run, say) if run is not None else None,
+                      eval_every=config.train.eval_every, logger=_Echo(run, say, on_epoch) if run is not None else None,
                       log_every=config.train.log_every, progress=progress)
         chosen = pick_weights(outcome, ema)
         final = ema.module if chosen == "ema" and ema is not None else model
@@ -338,8 +340,8 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
 class _Echo:
     """Logs to the run folder and prints one line per epoch."""
 
-    def __init__(self, run: RunFolder, say) -> None:
-        self.run, self.say = run, say
+    def __init__(self, run: RunFolder, say, on_epoch: Callable[[dict], None] | None = None) -> None:
+        self.run, self.say, self.on_epoch = run, say, on_epoch
 
     def log_step(self, step: int, scalars: dict[str, float]) -> None:
         self.run.log_step(step, scalars)
@@ -351,6 +353,8 @@ class _Echo:
             val += f" (EMA {100 * record['val_ema_top1']:.2f} %)"
         self.say(f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} top-1 {100 * record['train_top1']:.2f} %"
                  f"{val}  {record['train_images_per_s']:,.0f} img/s  {record['elapsed_s']:.0f} s")
+        if self.on_epoch is not None:
+            self.on_epoch(record)
 
 
 def locate_weights(target: Path) -> tuple[Path, Path | None]:
