@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast data venv bench clean
+.PHONY: demo test test-fast data test-packages venv bench clean
 
 demo: $(STAMP) data
 	$(BIN)/reprocls train configs/quickstart.yaml
 
-test: $(STAMP) data
+test: $(STAMP) data test-packages
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 data:
 	@scripts/install-fashion-mnist.sh
+
+test-packages:
+	@scripts/install-test-packages.sh
 
 clean:
 	rm -rf runs .data .pytest_cache
