@@ -1,0 +1,534 @@
+"""`reprocls reproduce`: one recipe trained with several seeds, mean ± std over the seeds, and a verdict against the
+paper's number, because a single run cannot tell a real gap from seed noise."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from reprocls.config import ConfigError, ReferenceConfig, RunConfig, dump, to_dict  # noqa: E402
+from reprocls.engine.checkpoint import newest_valid  # noqa: E402
+from reprocls.experiments import html  # noqa: E402
+from reprocls.experiments.compare import environment_differences  # noqa: E402
+from reprocls.experiments.report import format_grid, markdown_table  # noqa: E402
+from reprocls.experiments.resume import CHECKPOINTS, experiment_keys, flatten  # noqa: E402
+from reprocls.experiments.run import train_recipe  # noqa: E402
+
+RECIPE_FILE = "recipe.yaml"
+SUMMARY_FILE = "reproduction.json"
+MARKDOWN_FILE = "reproduction.md"
+REPORT_FILE = "report.html"
+SEEDS_DIR = "seeds"
+DEFAULT_SEEDS = 3
+NOISE_STDS = 2.0
+# Float slack for the verdict's comparisons, so a mean exactly at a boundary is not judged by rounding error.
+BOUNDARY_EPS = 1e-9
+NOISE_RULE = (f"within noise: the mean misses reference - tolerance, but reference - mean <= {NOISE_STDS:g} x the sample "
+              "std over seeds (ddof=1). A reported number is usually one training run, so it carries about one std of "
+              f"seed noise itself; a single run lands within {NOISE_STDS:g} std of the mean about 95 % of the time. The "
+              "95 % confidence interval of the mean is not used: it narrows with more seeds and would call a paper's "
+              "lucky single run 'short'.")
+
+# Two-sided 95 % Student t quantiles t(0.975, df) for df = 1..30; larger df use a Cornish-Fisher expansion.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+Z_975 = 1.959964
+
+# (key, label) of every statistic over seeds, read from each seed's results.json by seed_metrics.
+METRICS = (("test_top1", "test top-1"), ("test_top5", "test top-5"), ("test_loss", "test loss"), ("val_top1", "val top-1"),
+           ("train_time_s", "train time"), ("images_per_s", "img/s"))
+ACCURACIES = ("test_top1", "test_top5", "val_top1")
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def t_quantile_975(df: int) -> float:
+    """t(0.975, df) without scipy: the table up to 30 degrees of freedom, within 1e-3 beyond."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = Z_975
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    """n, mean, sample std (ddof=1), 95 % Student t interval of the mean, min and max; std and interval are None for
+    one value, since one seed says nothing about the spread."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        raise ValueError("describe needs at least one value")
+    mean = float(data.mean())
+    stats: dict[str, Any] = {"n": int(data.size), "mean": mean, "std": None, "ci95": None, "min": float(data.min()),
+                             "max": float(data.max()), "values": data.tolist()}
+    if data.size >= 2:
+        std = float(data.std(ddof=1))
+        half_width = t_quantile_975(data.size - 1) * std / math.sqrt(data.size)
+        stats.update(std=std, ci95=[mean - half_width, mean + half_width])
+    else:
+        stats["note"] = "one seed: std and confidence interval are undefined; run more seeds"
+    return stats
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def judge(values: Sequence[float], reference: ReferenceConfig | None) -> dict[str, Any]:
+    """Verdict on per-seed test top-1 fractions against the paper's number: 'reproduced' when the mean reaches
+    reference.top1 - reference.tolerance; 'within noise' when it does not, but reference.top1 - mean <= 2 x the sample
+    std over seeds (see NOISE_RULE for why not the confidence interval); 'short' otherwise (always with one seed);
+    'no reference' without a reference block. The text spells out every number it was decided on."""
+    stats = describe(values)
+    n, mean, std = stats["n"], stats["mean"], stats["std"]
+    spread = (f"mean {_points(mean)} ± {_points(std)} % over {n} seeds" if std is not None
+              else f"{_points(mean)} % from 1 seed, std undefined")
+    verdict: dict[str, Any] = {"n": n, "mean": mean, "std": std, "ci95": stats["ci95"], "rule": NOISE_RULE,
+                               "reference": None, "gap": None, "short_by": None, "noise": None}
+    if reference is None:
+        return {**verdict, "status": "no reference", "tone": "warn",
+                "text": f"no reference: {spread}; add a reference: block (source, top1, tolerance) to the recipe to judge it"}
+    gap = mean - reference.top1
+    noise = NOISE_STDS * std if std is not None else None
+    source = reference.source or "(no source given)"
+    versus = f"{spread} vs {_points(reference.top1)} % reported by {source}"
+    verdict.update(reference={"source": reference.source, "top1": reference.top1, "tolerance": reference.tolerance},
+                   gap=gap, short_by=max(0.0, -gap), noise=noise)
+    if mean >= reference.top1 - reference.tolerance - BOUNDARY_EPS:
+        return {**verdict, "status": "reproduced", "tone": "good",
+                "text": f"reproduced: {versus}; gap {100 * gap:+.2f} points, within the {_points(reference.tolerance)}-point "
+                        "tolerance"}
+    if noise is not None and -gap <= noise + BOUNDARY_EPS:
+        return {**verdict, "status": "within noise", "tone": "warn",
+                "text": f"within noise: short by {_points(-gap)} points ({versus}); more than the "
+                        f"{_points(reference.tolerance)}-point tolerance, but within {NOISE_STDS:g} x std = "
+                        f"{_points(noise)} points of seed-to-seed noise"}
+    why = (f"the gap exceeds both the {_points(reference.tolerance)}-point tolerance and {NOISE_STDS:g} x std = "
+           f"{_points(noise)} points of seed noise" if noise is not None
+           else "one seed gives no noise estimate; run more seeds to tell noise from a real gap")
+    return {**verdict, "status": "short", "tone": "bad", "text": f"short by {_points(-gap)} points ({versus}); {why}"}
+
+
+def seed_metrics(results: dict[str, Any]) -> dict[str, float | None]:
+    """The numbers averaged over seeds, from one run's results.json."""
+    test, val = results["test"], results.get("val") or {}
+    return {"test_top1": test["top1"], "test_top5": test.get("top5"), "test_loss": test.get("loss"),
+            "val_top1": val.get("top1"), "train_time_s": results.get("train_time_s"),
+            "images_per_s": results.get("images_per_s")}
+
+
+def statistics(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """describe() of every metric over the finished seeds (metrics a run does not have, like val without a val split,
+    are left out)."""
+    out = {}
+    for key, _ in METRICS:
+        values = [r["metrics"][key] for r in records if r["metrics"].get(key) is not None]
+        if values:
+            out[key] = describe(values)
+    return out
+
+
+def format_value(key: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if key in ACCURACIES:
+        return f"{100 * value:.2f} %"
+    if key == "test_loss":
+        return f"{value:.4f}"
+    if key == "train_time_s":
+        return f"{value:.1f} s"
+    return f"{value:,.0f}"
+
+
+def format_spread(key: str, stats: dict[str, Any]) -> str:
+    """'mean ± std' in the metric's unit; with one seed, the mean and 'std undefined'."""
+    if stats["std"] is None:
+        return f"{format_value(key, stats['mean'])} (std undefined)"
+    mean, std = format_value(key, stats["mean"]), format_value(key, stats["std"])
+    unit = " %" if key in ACCURACIES else (" s" if key == "train_time_s" else "")
+    return f"{mean.removesuffix(unit)} ± {std}"
+
+
+def statistics_rows(stats: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Header and one row per metric: mean ± std, 95 % interval, min, max, seeds."""
+    rows = [["metric", "mean ± std", "95 % CI of the mean", "min", "max", "seeds"]]
+    for key, label in METRICS:
+        if key not in stats:
+            continue
+        s = stats[key]
+        ci = (f"[{format_value(key, s['ci95'][0])}, {format_value(key, s['ci95'][1])}]" if s["ci95"] is not None
+              else "undefined (1 seed)")
+        rows.append([label, format_spread(key, s), ci, format_value(key, s["min"]), format_value(key, s["max"]), str(s["n"])])
+    return rows
+
+
+def seed_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+    """Header and one row per seed with its run folder and how it got its numbers (trained, resumed or kept)."""
+    rows = [["seed", "run", "how"] + [label for _, label in METRICS]]
+    for record in records:
+        rows.append([str(record["seed"]), Path(record["run"]).name, record["how"]]
+                    + [format_value(key, record["metrics"].get(key)) for key, _ in METRICS])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- the folder
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    """Through a temporary file, so an interrupted reproduction never leaves half a summary."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    temporary.replace(path)
+
+
+def recipe_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
+    """Keys where `config` trains something else than the reproduction's saved recipe, or judges it against another
+    reference. The seed, name, output folder and the keys a resume may change (data.root, threads, ...) may differ."""
+    def comparable(raw: dict[str, Any]) -> dict[str, Any]:
+        keys = {k: v for k, v in experiment_keys(raw).items() if k != "seed"}
+        keys.update(flatten({"reference": raw.get("reference")}))
+        return keys
+
+    before, after = comparable(saved), comparable(to_dict(config))
+    return [f"{key}: {before.get(key)!r} in the folder, {after.get(key)!r} now"
+            for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+
+
+def new_folder(config: RunConfig, out: str | Path | None) -> Path:
+    """<output_dir>/<name>-reproduce-<UTC stamp>/ (or --out), refusing a folder that already holds a reproduction."""
+    if out is not None:
+        folder = Path(out)
+        if (folder / SUMMARY_FILE).exists() or (folder / RECIPE_FILE).exists():
+            raise ConfigError(f"--out {folder} already holds a reproduction; continue it with --resume {folder}, or choose "
+                              "another --out")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path(config.output_dir) / f"{config.name}-reproduce-{stamp}"
+    folder, suffix = base, 1
+    while folder.exists():
+        folder, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
+    folder.mkdir(parents=True)
+    return folder
+
+
+def open_resumed(folder: Path, config: RunConfig, out: str | Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(saved recipe, previous summary or {}) of an interrupted reproduction, refusing a recipe that changed."""
+    if out is not None and Path(out).resolve() != folder.resolve():
+        raise ConfigError(f"--out {out} and --resume {folder} name different folders; pass only --resume {folder}")
+    if not (folder / RECIPE_FILE).exists():
+        raise FileNotFoundError(f"--resume {folder}: no {RECIPE_FILE} there; pass a folder written by reprocls reproduce "
+                                "(it holds recipe.yaml, reproduction.json and seeds/)")
+    saved = yaml.safe_load((folder / RECIPE_FILE).read_text()) or {}
+    differing = recipe_differences(saved, config)
+    if differing:
+        raise ConfigError(f"cannot resume {folder}: the recipe differs from the one it was started with ({'; '.join(differing)}). "
+                          f"Undo these changes (the folder's recipe is {folder / RECIPE_FILE}), or start a new reproduction "
+                          "without --resume")
+    previous = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).exists() else {}
+    return saved, previous
+
+
+def seed_config(config: RunConfig, name: str, seed: int, folder: Path) -> RunConfig:
+    """The recipe for one seed: its own seed, name and output folder under seeds/."""
+    copied = copy.deepcopy(config)
+    copied.seed, copied.name, copied.output_dir = seed, f"{name}-seed{seed}", str(folder / SEEDS_DIR)
+    return copied
+
+
+def seed_runs(folder: Path, name: str, seed: int) -> list[Path]:
+    """This seed's run folders, newest first (the trailing '-' keeps seed 1 from matching seed 10)."""
+    runs = [p for p in (folder / SEEDS_DIR).glob(f"{name}-seed{seed}-*") if p.is_dir()]
+    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def environment_summary(folder: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first seed's environment without the package list, and what differed between seeds (say, a seed resumed on
+    another machine)."""
+    environments = []
+    for record in records:
+        path = folder / record["run"] / "environment.json"
+        if path.exists():
+            environments.append(json.loads(path.read_text()))
+    if not environments:
+        return {}
+    summary = {k: v for k, v in environments[0].items() if k != "pip_freeze"}
+    differences, packages = environment_differences(environments)
+    summary["differs_across_seeds"] = {**differences, **{f"package {k}": v for k, v in packages.items()}}
+    return summary
+
+
+def reproduce(config: RunConfig, *, seeds: int | None = None, first_seed: int | None = None, out: str | Path | None = None,
+              resume: str | Path | None = None, progress: bool = True, echo: bool = True) -> dict[str, Any]:
+    """Train `config` once per seed (first_seed, first_seed + 1, ...) into one reproduction folder and judge the mean
+    test top-1 against config.reference. With `resume`, finished seeds are kept, checkpointed ones continued and the
+    rest trained; seeds/first_seed default to the interrupted plan there (else 3 seeds from 0). Returns the summary
+    that reproduction.json holds."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("reprocls reproduce trains its seeds one after another in one process; run it without torchrun "
+                          "(or run `reprocls train` under torchrun once per seed and compare the runs)")
+    say = print if echo else (lambda *a, **k: None)
+    previous: dict[str, Any] = {}
+    if resume is not None:
+        folder = Path(resume)
+        saved, previous = open_resumed(folder, config, out)
+        name = saved.get("name") or config.name
+    else:
+        folder = new_folder(config, out)
+        name = config.name
+        dump(config, folder / RECIPE_FILE)
+    planned = previous.get("seeds") or []
+    count = seeds if seeds is not None else (len(planned) or DEFAULT_SEEDS)
+    start = first_seed if first_seed is not None else (planned[0] if planned else 0)
+    if count < 1:
+        raise ConfigError(f"--seeds {count}: a reproduction needs at least one seed (three or more give a useful std)")
+    plan = list(range(start, start + count))
+    say(f"reproduction folder: {folder}  ({count} seed(s): {', '.join(map(str, plan))})")
+
+    records: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    try:
+        for index, seed in enumerate(plan, 1):
+            record = run_seed(config, name, seed, folder, progress=progress, echo=echo,
+                              say=lambda text: say(f"[seed {seed}, {index}/{count}] {text}"))
+            records.append(record)
+            summary = build_summary(folder, name, config, plan, records)
+            _write_json(folder / SUMMARY_FILE, summary)
+    except KeyboardInterrupt:
+        say(f"\ninterrupted after {len(records)} of {count} seed(s); continue with: reprocls reproduce RECIPE --resume {folder}")
+        raise
+    write_reproduction_markdown(folder)
+    report = write_reproduction_report(folder)
+    say("\n" + format_grid(statistics_rows(summary["statistics"])))
+    say(f"\n{summary['verdict']['text']}")
+    say(f"\nreport: {report}")
+    return summary
+
+
+def run_seed(config: RunConfig, name: str, seed: int, folder: Path, *, progress: bool, echo: bool, say) -> dict[str, Any]:
+    """Keep a finished run of this seed, continue a checkpointed one, or train it; returns its record."""
+    recipe = seed_config(config, name, seed, folder)
+    runs = seed_runs(folder, name, seed)
+    finished = [run for run in runs if (run / "results.json").exists()]
+    if finished:
+        run_dir, how = finished[0], "kept"
+        results = json.loads((run_dir / "results.json").read_text())
+        say(f"already finished: {run_dir.name} (test top-1 {100 * results['test']['top1']:.2f} %), not retrained")
+    else:
+        checkpointed = next((run for run in runs if newest_valid(run / CHECKPOINTS) is not None), None)
+        how = "resumed" if checkpointed is not None else "trained"
+        say(f"continuing {checkpointed.name} from its last checkpoint" if checkpointed else "training")
+        run_dir, results = train_recipe(recipe, progress=progress, echo=echo,
+                                        resume=str(checkpointed) if checkpointed is not None else None)
+    return {"seed": seed, "run": str(run_dir.relative_to(folder)), "how": how, "metrics": seed_metrics(results)}
+
+
+def build_summary(folder: Path, name: str, config: RunConfig, plan: list[int], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What reproduction.json holds after each finished seed."""
+    stats = statistics(records)
+    return {"name": name, "folder": str(folder), "recipe": RECIPE_FILE, "seeds": plan, "finished": len(records),
+            "complete": len(records) == len(plan), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "runs": records, "statistics": stats,
+            "verdict": judge(stats["test_top1"]["values"], config.reference),
+            "reference": to_dict(config.reference) if config.reference is not None else None,
+            "noise_rule": NOISE_RULE, "environment": environment_summary(folder, records)}
+
+
+# ---------------------------------------------------------------------------------------------- reports
+
+
+def load_summary(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / SUMMARY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} has no {SUMMARY_FILE}: pass a folder written by reprocls reproduce after at "
+                                "least one seed finished")
+    return json.loads(path.read_text())
+
+
+def progress_note(summary: dict[str, Any]) -> str:
+    """'' for a complete reproduction, else how far it got and how to finish it."""
+    if summary["complete"]:
+        return ""
+    return (f"incomplete: {summary['finished']} of {len(summary['seeds'])} seeds finished; finish it with "
+            f"reprocls reproduce RECIPE --resume {summary['folder']}")
+
+
+def write_reproduction_markdown(folder: str | Path) -> Path:
+    """reproduction.md: the verdict, the statistics and the seeds, readable on any Git host."""
+    folder = Path(folder)
+    summary = load_summary(folder)
+    verdict = summary["verdict"]
+    lines = [f"# Reproduction of {summary['name']}", "", f"**{verdict['text']}**", ""]
+    if progress_note(summary):
+        lines += [f"_{progress_note(summary)}_", ""]
+    lines += ["## Over seeds", "", markdown_table(statistics_rows(summary["statistics"])),
+              "## Seeds", "", markdown_table(seed_rows(summary["runs"])),
+              "## How the verdict is decided", "", rule_text(summary), "",
+              f"Figures: [{REPORT_FILE}]({REPORT_FILE}). Recipe: [{RECIPE_FILE}]({RECIPE_FILE}).", ""]
+    path = folder / MARKDOWN_FILE
+    path.write_text("\n".join(lines))
+    return path
+
+
+def rule_text(summary: dict[str, Any]) -> str:
+    """The verdict rule with this reproduction's numbers filled in."""
+    verdict = summary["verdict"]
+    reference = verdict["reference"]
+    if reference is None:
+        return "The recipe has no reference: block, so there is no number to judge against."
+    threshold = reference["top1"] - reference["tolerance"]
+    noise = (f"{NOISE_STDS:g} x std = {_points(verdict['noise'])} points" if verdict["noise"] is not None
+             else "undefined with one seed")
+    return (f"reproduced if mean >= reference - tolerance = {_points(reference['top1'])} - "
+            f"{_points(reference['tolerance'])} = {_points(threshold)} %; here the mean is {_points(verdict['mean'])} %. "
+            f"Otherwise within noise if reference - mean = {_points(-verdict['gap'])} points <= {noise}; otherwise short. "
+            f"{NOISE_RULE}")
+
+
+def _seed_histories(folder: Path, runs: list[dict[str, Any]]) -> dict[int, list[dict]]:
+    histories = {}
+    for record in runs:
+        path = folder / record["run"] / "metrics.jsonl"
+        if path.exists():
+            histories[record["seed"]] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return histories
+
+
+def plot_validation_curves(histories: dict[int, list[dict]]):
+    """Validation top-1 and loss per epoch, one line per seed, so a seed that diverged stands out."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for seed, history in histories.items():
+        val = [r for r in history if "val_top1" in r]
+        ax_acc.plot([r["epoch"] for r in val], [100 * r["val_top1"] for r in val], marker="o", label=f"seed {seed}")
+        ax_loss.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], marker="o", label=f"seed {seed}")
+    for ax, label in ((ax_acc, "val top-1 (%)"), (ax_loss, "val loss")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_seed_accuracy(summary: dict[str, Any]):
+    """Each seed's test top-1 as a point, the mean with a ±std band, and the paper's number with its tolerance band."""
+    runs, verdict = summary["runs"], summary["verdict"]
+    seeds = [r["seed"] for r in runs]
+    values = [100 * r["metrics"]["test_top1"] for r in runs]
+    mean = 100 * verdict["mean"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if verdict["std"] is not None:
+        std = 100 * verdict["std"]
+        ax.axhspan(mean - std, mean + std, color="#4a7bd0", alpha=0.15, label=f"mean ± std ({std:.2f})")
+    ax.axhline(mean, color="#4a7bd0", label=f"mean {mean:.2f} %")
+    reference = verdict["reference"]
+    if reference is not None:
+        top1, tolerance = 100 * reference["top1"], 100 * reference["tolerance"]
+        ax.axhspan(top1 - tolerance, top1, color="#2e9d57", alpha=0.15, label=f"tolerance ({tolerance:.2f} points)")
+        ax.axhline(top1, color="#2e9d57", linestyle="--", label=f"reported {top1:.2f} %")
+    ax.plot(seeds, values, "o", color="#1d2330", markersize=7, label="seeds")
+    ax.set_xticks(seeds)
+    ax.set_xlabel("seed")
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
+def per_class_statistics(folder: Path, runs: list[dict[str, Any]]) -> list[tuple[str, float, float | None]]:
+    """(class, mean, std or None) of test accuracy per class across seeds, in the dataset's class order."""
+    per_seed = []
+    for record in runs:
+        path = folder / record["run"] / "results.json"
+        if path.exists():
+            per_seed.append(json.loads(path.read_text())["test"]["per_class"])
+    if not per_seed:
+        return []
+    rows = []
+    for name in per_seed[0]:
+        values = np.array([seed[name] for seed in per_seed if name in seed], dtype=float)
+        rows.append((name, float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None))
+    return rows
+
+
+def plot_per_class(rows: list[tuple[str, float, float | None]]):
+    """Per-class test accuracy: mean over seeds as bars, ±std as error bars."""
+    names = [name for name, _, _ in rows]
+    means = [100 * mean for _, mean, _ in rows]
+    errors = [100 * std if std is not None else 0.0 for _, _, std in rows]
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.32 * len(rows) + 1)))
+    ax.barh(range(len(rows)), means, xerr=errors, color="#4a7bd0", ecolor="#1d2330", capsize=3)
+    ax.set_yticks(range(len(rows)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("test top-1 per class (%), mean ± std over seeds")
+    ax.set_xlim(0, 100)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _figure(fig, caption: str) -> str:
+    try:
+        return html.figure(fig, caption)
+    finally:
+        plt.close(fig)
+
+
+def write_reproduction_report(folder: str | Path) -> Path:
+    """report.html, one self-contained file: verdict, statistics, seeds, curves, per-class accuracy, recipe, environment."""
+    folder = Path(folder)
+    summary = load_summary(folder)
+    verdict, stats = summary["verdict"], summary["statistics"]
+    top1 = stats["test_top1"]
+    reference = verdict["reference"]
+    headline = [("test top-1", format_spread("test_top1", top1)), ("seeds", f"{summary['finished']} of {len(summary['seeds'])}")]
+    if top1["ci95"] is not None:
+        headline.append(("95 % CI", f"{_points(top1['ci95'][0])} – {_points(top1['ci95'][1])} %"))
+    if reference is not None:
+        headline.append(("reported", f"{_points(reference['top1'])} % ± {_points(reference['tolerance'])}"))
+        headline.append(("gap", f"{100 * verdict['gap']:+.2f} points"))
+    intro = html.verdict(verdict["text"], verdict["tone"])
+    if progress_note(summary):
+        intro += html.verdict(progress_note(summary), "warn")
+    intro += html.cards(headline)
+
+    sections = [("Over seeds", html.table(statistics_rows(stats), numeric_columns=(1, 2, 3, 4, 5))),
+                ("Seeds", html.table(seed_rows(summary["runs"]), numeric_columns=tuple(range(3, 3 + len(METRICS))))),
+                ("Test top-1 per seed", _figure(plot_seed_accuracy(summary), "each seed's test top-1; the mean with a "
+                                                "±std band; the reported number with its tolerance band below it"))]
+    histories = _seed_histories(folder, summary["runs"])
+    if any("val_top1" in r for history in histories.values() for r in history):
+        sections.append(("Validation curves", _figure(plot_validation_curves(histories), "validation top-1 and loss per "
+                                                      "epoch, one line per seed")))
+    classes = per_class_statistics(folder, summary["runs"])
+    if classes:
+        rows = [["class", "mean", "std"]] + [[name, f"{100 * mean:.2f} %", "—" if std is None else f"{100 * std:.2f}"]
+                                             for name, mean, std in classes]
+        sections.append(("Per-class accuracy", _figure(plot_per_class(classes), "test accuracy per class over seeds")
+                         + html.table(rows, numeric_columns=(1, 2))))
+    sections.append(("How the verdict is decided", f"<p>{html.escape(rule_text(summary))}</p>"))
+    recipe = (folder / RECIPE_FILE).read_text() if (folder / RECIPE_FILE).exists() else "(recipe.yaml missing)"
+    sections.append(("Recipe", html.code(recipe, collapsed=True, summary=f"{RECIPE_FILE}: the resolved recipe every seed trained")))
+    environment = summary.get("environment") or {}
+    env_rows = [["key", "value"]] + [[key, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+                                     for key, value in environment.items()]
+    sections.append(("Environment", html.table(env_rows)))
+    document = html.page(f"Reproduction: {summary['name']}", sections, intro=intro,
+                         subtitle=f"{summary['finished']} seed(s), updated {summary['updated']} — {folder}")
+    return html.write_page(folder / REPORT_FILE, document)
