@@ -32,6 +32,10 @@ details summary{cursor:pointer;color:#2b5cab}
 """
 
 
+class Markup(str):
+    """HTML built by these helpers (a bar, a link) that table() puts in a cell as is instead of escaping it."""
+
+
 def escape(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
@@ -56,7 +60,8 @@ def figure(source: bytes | str | Path | Any, caption: str = "", alt: str = "") -
 
 
 def table(rows: Sequence[Sequence[Any]], *, header: bool = True, numeric_columns: Sequence[int] = ()) -> str:
-    """Rows of cells as an HTML table; the first row is the header unless header=False. Cells are escaped."""
+    """Rows of cells as an HTML table; the first row is the header unless header=False. Cells are escaped unless
+    they are Markup."""
     if not rows:
         return "<p><em>nothing to show</em></p>"
     lines = ["<table>"]
@@ -65,10 +70,22 @@ def table(rows: Sequence[Sequence[Any]], *, header: bool = True, numeric_columns
         cells = []
         for column, cell in enumerate(row):
             cls = ' class="num"' if tag == "td" and column in numeric_columns else ""
-            cells.append(f"<{tag}{cls}>{escape(cell)}</{tag}>")
+            content = cell if isinstance(cell, Markup) else escape(cell)
+            cells.append(f"<{tag}{cls}>{content}</{tag}>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def bar(fraction: float, *, width: int = 140) -> Markup:
+    """A horizontal bar `fraction` (0..1, clipped; NaN draws nothing) of `width` pixels, for a table cell."""
+    share = 0.0 if fraction != fraction else min(max(fraction, 0.0), 1.0)
+    return Markup(f'<span class="bar" style="width:{share * width:.1f}px"></span>')
+
+
+def paragraph(text: str) -> str:
+    """Escaped prose between sections' figures and tables."""
+    return f"<p>{escape(text)}</p>"
 
 
 def cards(items: Sequence[tuple[str, str]]) -> str:
