@@ -30,6 +30,9 @@ from reprocls.engine.train import TrainState
 from reprocls.experiments.resume import CHECKPOINTS, Checkpointer, agree_on, find_resume_point, restore
 from reprocls.envinfo import environment
 from reprocls.experiments.report import format_table, results_table, write_report
+from reprocls.experiments.html_report import write_run_html
+from reprocls.experiments.mistakes import RecordingModel, save_test_mistakes
+from reprocls.metrics.mistakes import PredictionLog
 from reprocls.models import MODELS, create_model, warn_if_input_too_small
 from reprocls.registry import suggest
 
@@ -301,7 +304,8 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         final = ema.module if chosen == "ema" and ema is not None else model
         if run is not None:
             save_weights(final, run.path / WEIGHTS_FILE, model_metadata(config, splits, final, chosen))
-        test = evaluate(final, test_loader, description="test", **test_eval)
+        recorded = PredictionLog(splits.test.labels)  # the test pass also finds the most confident mistakes
+        test = evaluate(RecordingModel(final, recorded), test_loader, description="test", **test_eval)
         ema_summary = None
         if ema is not None:
             other = evaluate(model if chosen == "ema" else ema.module, test_loader, description="test (other)", **test_eval)
@@ -332,8 +336,11 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         return None, results
     run.write_json("results.json", results)
     write_report(run.path, results, outcome.history, (run.path / "config.yaml").read_text())
+    save_test_mistakes(run.path, recorded, test.confusion, final, splits, config.data, device=device,
+                       amp_dtype=session.amp_dtype, channels_last=session.channels_last)
+    write_run_html(run.path)
     say("\n" + format_table(results_table(results)))
-    say(f"\nreport: {run.path / 'report.md'}")
+    say(f"\nreport: {run.path / 'report.md'} and {run.path / 'report.html'}")
     return run.path, results
 
 
