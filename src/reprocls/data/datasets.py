@@ -73,6 +73,9 @@ class DatasetSplits:
     test: Split
     split_record: dict[str, Any] | None = field(default=None, repr=False)  # image_folder: the file lists, for splits.json
     skipped: list[dict[str, str]] = field(default_factory=list, repr=False)  # image_folder: bad files left out (path, reason)
+    # a registered dataset's own per-image transforms (image -> normalised tensor), used instead of the presets
+    train_transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
+    eval_transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -84,6 +87,21 @@ class DatasetSplits:
 
 
 DATASETS: Registry[Callable[[DataConfig, int], DatasetSplits]] = Registry("dataset")
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a standard dataset is, known without reading it, so recipes can be checked before any data loads."""
+
+    image_size: int
+    in_chans: int
+    num_classes: int
+    train_images: int  # the official training set, before the validation carve-out
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+KNOWN_FACTS: dict[str, DatasetFacts] = {}  # filled next to each standard dataset's registration
 
 
 def candidate_roots(data: DataConfig) -> list[Path]:
@@ -147,26 +165,31 @@ def _prepare_mnist_root(name: str, folder_name: str, data: DataConfig) -> tuple[
     )
 
 
-def _mnist_like(name: str, cls: type, mean: float, std: float) -> Callable[[DataConfig, int], DatasetSplits]:
+def _mnist_like(name: str, cls: type, facts: DatasetFacts) -> Callable[[DataConfig, int], DatasetSplits]:
+    KNOWN_FACTS[name] = facts
+
     def load(data: DataConfig, seed: int) -> DatasetSplits:
         root, download = _prepare_mnist_root(name, cls.__name__, data)
         splits = [cls(str(root), train=is_train, download=download) for is_train in (True, False)]
         train, test = (TensorSplit(s.data.unsqueeze(1).contiguous(), s.targets.long()) for s in splits)
-        return _finish(name, data, seed, train, test, list(splits[0].classes), (mean,), (std,))
+        return _finish(name, data, seed, train, test, list(splits[0].classes), facts.mean, facts.std)
 
     load.__name__ = name
     load.__doc__ = f"{cls.__name__}: 28x28 grey images, 60k train / 10k test, held in memory."
     return load
 
 
-DATASETS.register(_mnist_like("fashion_mnist", torchvision.datasets.FashionMNIST, 0.2860, 0.3530))
-DATASETS.register(_mnist_like("mnist", torchvision.datasets.MNIST, 0.1307, 0.3081))
+DATASETS.register(_mnist_like("fashion_mnist", torchvision.datasets.FashionMNIST,
+                              DatasetFacts(28, 1, 10, 60_000, (0.2860,), (0.3530,))))
+DATASETS.register(_mnist_like("mnist", torchvision.datasets.MNIST, DatasetFacts(28, 1, 10, 60_000, (0.1307,), (0.3081,))))
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR
 
 
-def _cifar(name: str, cls: type, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[[DataConfig, int], DatasetSplits]:
+def _cifar(name: str, cls: type, facts: DatasetFacts) -> Callable[[DataConfig, int], DatasetSplits]:
+    KNOWN_FACTS[name] = facts
+
     def load(data: DataConfig, seed: int) -> DatasetSplits:
         roots = candidate_roots(data)
         root = next((r for r in roots if (r / cls.base_folder).is_dir()), roots[0])
@@ -181,15 +204,17 @@ def _cifar(name: str, cls: type, mean: tuple[float, ...], std: tuple[float, ...]
             TensorSplit(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets, dtype=torch.long))
             for s in splits
         )
-        return _finish(name, data, seed, train, test, list(splits[0].classes), mean, std)
+        return _finish(name, data, seed, train, test, list(splits[0].classes), facts.mean, facts.std)
 
     load.__name__ = name
     load.__doc__ = f"{cls.__name__}: 32x32 colour images, 50k train / 10k test, held in memory."
     return load
 
 
-DATASETS.register(_cifar("cifar10", torchvision.datasets.CIFAR10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
-DATASETS.register(_cifar("cifar100", torchvision.datasets.CIFAR100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
+DATASETS.register(_cifar("cifar10", torchvision.datasets.CIFAR10,
+                         DatasetFacts(32, 3, 10, 50_000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))))
+DATASETS.register(_cifar("cifar100", torchvision.datasets.CIFAR100,
+                         DatasetFacts(32, 3, 100, 50_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))))
 
 
 # ---------------------------------------------------------------------------------------- image folders

@@ -189,7 +189,8 @@ def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train:
     native_size = split.images.shape[-1] if isinstance(split, TensorSplit) else splits.image_size
     preset = resolve_preset(data.preset, native_size)  # 28 px images upscaled to 96 still get the small-image preset
     shard = dict(rank=rank, world_size=world_size)
-    if isinstance(split, TensorSplit) and use_in_memory(data, splits):
+    own_transform = splits.train_transform if train else splits.eval_transform
+    if isinstance(split, TensorSplit) and use_in_memory(data, splits) and own_transform is None:
         if train and preset == "imagenet":
             raise ConfigError("data.preset: imagenet needs the per-image pipeline; set data.in_memory=no or data.preset=small")
         return TensorLoader(split, batch_size=data.batch_size if train else data.eval_batch_size, mean=splits.mean,
@@ -197,7 +198,10 @@ def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train:
                             augment=data.augment if train and preset == "small" else None, num_classes=splits.num_classes,
                             micro_batches=micro_batches, channels_last=channels_last, **shard)
     common = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std)
-    transform = train_transform(preset, augment=data.augment, **common) if train else eval_transform(preset, **common)
+    if own_transform is not None:
+        transform = own_transform
+    else:
+        transform = train_transform(preset, augment=data.augment, **common) if train else eval_transform(preset, **common)
     if isinstance(split, FileSplit):
         dataset: Dataset = FileDataset(split, transform, "L" if splits.in_chans == 1 else "RGB")
     else:
