@@ -49,3 +49,15 @@ def test_data_stats_measures_the_known_constants(fmnist_root, capsys: pytest.Cap
     out = capsys.readouterr().out
     assert "60000 training images" in out
     assert "measured  mean [0.286]  std [0.353]" in out
+
+
+def test_overrides_may_follow_options_and_unknown_options_are_refused(capsys: pytest.CaptureFixture) -> None:
+    from reprocls.cli import parse_args
+
+    args = parse_args(["train", "configs/quickstart.yaml", "optim.lr=0.3", "-q", "--resume", "auto", "schedule.epochs=2"])
+    assert args.overrides == ["optim.lr=0.3", "schedule.epochs=2"] and args.quiet and args.resume == "auto"
+    with pytest.raises(SystemExit):
+        parse_args(["train", "configs/quickstart.yaml", "--bogus", "optim.lr=0.3"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a stray word that is no override is not silently dropped
+        parse_args(["train", "configs/quickstart.yaml", "-q", "optim.lr"])

@@ -61,7 +61,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from reprocls.experiments.compare import compare_runs
 
-    comparison = compare_runs(args.runs)
+    comparison = compare_runs(args.runs, include_expected=args.all_keys)
     print(json.dumps(comparison.to_dict(), indent=2) if args.json else comparison.format())
     if args.html:
         comparison.write_html(args.html)
@@ -240,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = sub.add_parser("reproduce", help="train a recipe with several seeds; mean +- std and a verdict")
     reproduce.add_argument("recipe", help="YAML recipe with a reference: block")
     reproduce.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    reproduce.add_argument("--seeds", type=int, default=3, help="how many seeds")
-    reproduce.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
+    reproduce.add_argument("--seeds", type=int, help="how many seeds (default 3; with --resume, the interrupted plan)")
+    reproduce.add_argument("--first-seed", type=int, help="seeds are first-seed, first-seed + 1, ... (default 0; with --resume, the interrupted plan)")
     reproduce.add_argument("--out", help="reproduction folder (default: <output_dir>/<name>-reproduce-<timestamp>)")
     reproduce.add_argument("--resume", metavar="FOLDER", help="finish an interrupted reproduction folder")
     reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="runs side by side: metrics, config and environment differences")
     compare.add_argument("runs", nargs="+", help="run folders")
     compare.add_argument("--json", action="store_true")
+    compare.add_argument("--all-keys", action="store_true", help="also compare name and output_dir, which differ by design")
     compare.add_argument("--html", help="also write the comparison as a single-file HTML page")
     compare.set_defaults(func=cmd_compare)
 
@@ -331,8 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Overrides may also follow options (`train R.yaml -q optim.lr=0.1`), which argparse alone would refuse."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     warnings.simplefilter("default", UserWarning)
     try:
         return args.func(args)
