@@ -1,0 +1,312 @@
+"""reprocls tune: search spaces checked against the schema, real tiny searches (grid, pruning, two workers on a
+PostgreSQL server), best.yaml, the study report in a browser, and a SIGKILLed study that resumes."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from itertools import product
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from reprocls.cli import main
+from reprocls.config import ConfigError, load_config, to_dict
+from reprocls.experiments.tune import get_key, grid_points, load_space, parse_space, tune, write_study_report
+
+REPO = Path(__file__).parent.parent
+RECIPE = str(REPO / "configs/quickstart.yaml")
+SERVER_SCRIPT = REPO / "scripts/postgres-test-server.sh"
+# 256 training images in batches of 64, two epochs: a trial takes a few seconds on one thread
+TINY = ["data.limit_train=256", "data.limit_eval=128", "schedule.epochs=2", "data.batch_size=64", "train.threads=1",
+        "model.name=resnet20"]
+
+
+def write_space(folder: Path, text: str) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+def load(folder: Path) -> optuna.Study:
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def comparable(config) -> dict:
+    """A config without the keys a trial and best.yaml legitimately differ in (run name, output folder)."""
+    return {k: v for k, v in to_dict(config).items() if k not in ("name", "output_dir")}
+
+
+# ---------------------------------------------------------------------------------------------- spaces
+
+
+def test_space_types_follow_the_schema() -> None:
+    space = parse_space({"optim.lr": {"low": 0.01, "high": 0.5, "log": True}, "data.batch_size": [64, 128],
+                         "optim.weight_decay": {"choices": [0, 5.0e-4]}, "data.augment.randaugment_magnitude":
+                         {"low": 5, "high": 15, "step": 5}, "model.kwargs.dropout": {"low": 0.0, "high": 0.3}})
+    lr, batch, decay, magnitude, dropout = space.values()
+    assert isinstance(lr, optuna.distributions.FloatDistribution) and lr.log and (lr.low, lr.high) == (0.01, 0.5)
+    assert batch.choices == (64, 128)
+    assert decay.choices == (0.0, 5.0e-4) and isinstance(decay.choices[0], float)  # 0 becomes 0.0: the key is a float
+    assert isinstance(magnitude, optuna.distributions.IntDistribution) and magnitude.step == 5
+    assert isinstance(dropout, optuna.distributions.FloatDistribution)
+    assert grid_points({"m": magnitude, "b": batch}) == {"m": [5, 10, 15], "b": [64, 128]}
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"optim.lrr": [0.1]}, r"unknown recipe key 'optim\.lrr'\. Did you mean 'optim\.lr'"),
+    ({"data.augment": [1]}, r"'data\.augment' is a section"),
+    ({"optim.lr": 0.1}, r"optim\.lr: 0\.1 is not a distribution; give a range"),
+    ({"optim.lr": {"low": 0.5}}, r"needs both low and high"),
+    ({"optim.lr": {"low": 0.5, "high": 0.1}}, r"low \(0\.5\) must be below high"),
+    ({"optim.lr": {"low": 0.0, "high": 1.0, "log": True}}, r"log range needs low > 0"),
+    ({"optim.lr": {"low": 0.1, "high": 1.0, "scale": "log"}}, r"unknown field\(s\) \['scale'\]"),
+    ({"optim.lr": {"low": -1.0, "high": 1.0}}, r"optim\.lr: -1\.0 cannot be tried.*> 0"),
+    ({"data.batch_size": {"low": 16.5, "high": 64}}, r"integer, so low, high and step must be integers"),
+    ({"data.augment.randaugment_magnitude": [5, 40]}, r"40 cannot be tried.*\[0, 30\]"),
+    ({"data.augment.hflip": {"low": 0, "high": 1}}, r"takes a list of choices instead of a range.*\[true, false\]"),
+    ({"optim.name": ["sgd", "adam"]}, r"'adam' cannot be tried.*'adamw'"),
+    ({"data.batch_size": [64, 64]}, r"repeat a value"),
+    ({"optim.lr": {"low": 0.1, "high": 0.45, "step": 0.1}}, r"not a whole number of steps"),
+])
+def test_bad_spaces_name_the_key_and_a_fix(space: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_space(space, "space.yaml")
+
+
+def test_grid_refuses_continuous_ranges_and_expands_stepped_ones() -> None:
+    with pytest.raises(ConfigError, match=r"--sampler grid: optim\.lr is a continuous range.*list the values"):
+        grid_points(parse_space({"optim.lr": {"low": 0.01, "high": 0.5, "log": True}}))
+    stepped = parse_space({"data.augment.random_erasing": {"low": 0.0, "high": 0.5, "step": 0.25}})
+    assert grid_points(stepped) == {"data.augment.random_erasing": [0.0, 0.25, 0.5]}
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("configs/search/*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_spaces_parse(path: Path) -> None:
+    space = load_space(path)
+    assert space and all("." in key for key in space)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sampler", "tpe"], r"--trials: how many trials"),
+    (["--sampler", "grid", "--space-text", "optim.lr: {low: 0.01, high: 0.5}"], r"--sampler grid: optim\.lr is a continuous"),
+    (["--trials", "2", "--space-text", "optim.lrr: [0.1]"], r"Did you mean 'optim\.lr'"),
+    (["--trials", "2", "data.val_fraction=0"], r"data\.val_fraction: 0 leaves no validation split"),
+    (["--trials", "2", "--storage", "nosuchdb://x"], r"--storage nosuchdb://x: cannot open the study database"),
+])
+def test_cli_rejects_bad_searches_before_training(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                                  message: str) -> None:
+    text = "optim.lr: [0.1, 0.2]"
+    if "--space-text" in args:
+        index = args.index("--space-text")
+        text = args[index + 1]
+        args = args[:index] + args[index + 2:]
+    overrides = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+    options = [arg for arg in args if arg not in overrides]
+    command = ["tune", RECIPE, f"output_dir={tmp_path}", *overrides, "--space", str(write_space(tmp_path, text)), *options]
+    assert main(command) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not list(tmp_path.glob("*/trials/*"))  # nothing trained
+
+
+# ---------------------------------------------------------------------------------------------- real searches
+
+
+@pytest.mark.slow
+def test_grid_search_via_cli_covers_the_grid_and_best_yaml_reproduces_the_best_trial(
+        fmnist_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from browser import render
+
+    space = write_space(tmp_path, "optim.lr: [0.05, 0.2]\noptim.weight_decay: [0.0, 5.0e-4]\n")
+    command = ["tune", RECIPE, f"data.root={fmnist_root}", f"output_dir={tmp_path / 'runs'}", *TINY, "--space", str(space),
+               "--sampler", "grid", "--pruner", "none", "--study", "lrwd", "-q"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    folder = tmp_path / "runs" / "lrwd-study"
+    study = load(folder)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(tuple(t.params.values()) for t in trials) == sorted(product([0.05, 0.2], [0.0, 5.0e-4]))
+
+    for trial in trials:  # every trial is an ordinary run folder scored on validation, never on test
+        run_dir = Path(trial.user_attrs["run_dir"])
+        assert run_dir.parent == folder / "trials" and run_dir.name.startswith(f"trial-{trial.number:04d}-")
+        results = json.loads((run_dir / "results.json").read_text())
+        assert trial.value == results["val"]["top1"]
+        assert load_config(run_dir / "config.yaml").optim.lr == trial.params["optim.lr"]
+
+    summary = json.loads((folder / "study.json").read_text())
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    assert summary["best"]["number"] == best.number and summary["best"]["value"] == best.value
+    assert [row["number"] for row in summary["trials"]] == [0, 1, 2, 3]
+    assert f"best: trial {best.number}" in printed
+
+    best_recipe = load_config(folder / "best.yaml")
+    trial_recipe = load_config(Path(best.user_attrs["run_dir"]) / "config.yaml")
+    assert comparable(best_recipe) == comparable(trial_recipe)
+    assert best_recipe.output_dir == str(tmp_path / "runs")  # best.yaml trains like the recipe, not into the study
+    assert f"trial {best.number}" in (folder / "best.yaml").read_text().splitlines()[0]
+
+    assert main(command) == 0  # the same command again finds the study finished and trains nothing
+    assert len(load(folder).get_trials()) == 4
+
+    (folder / "study.json").unlink()
+    (folder / "report.html").unlink()
+    write_study_report(folder)  # rebuilt from study.db alone
+    assert json.loads((folder / "study.json").read_text())["best"]["number"] == best.number
+    page = render(folder / "report.html", tmp_path)
+    assert page.headings[:5] == ["Best trial", "Trials", "Search history", "Parameter importance", "Validation curves"]
+    assert page.images == page.images_decoded == 3  # history, importance, curves
+    assert f"reprocls train {folder / 'best.yaml'}" in page.text
+    assert f"{100 * best.value:.2f} %" in page.text and page.scripts == 0
+
+
+@pytest.mark.slow
+def test_median_pruner_stops_a_poor_trial_early_and_the_report_marks_it(fmnist_root: Path, tmp_path: Path) -> None:
+    from browser import render
+
+    space = write_space(tmp_path, "optim.lr: [0.8, 1.0e-5]\n")  # 1e-5 leaves the network near chance
+    overrides = [f"data.root={fmnist_root}", f"output_dir={tmp_path}", "data.limit_train=512", "data.limit_eval=256",
+                 "schedule.epochs=2", "data.batch_size=64", "train.threads=1"]
+    summary = tune(RECIPE, overrides, space=space, sampler="grid", pruner="median", seed=1, progress=False)
+    study = load(tmp_path / "quickstart-study")
+    good, poor = study.get_trials()
+    assert good.params["optim.lr"] == 0.8, "grid seed 1 is expected to try the good lr first"
+    assert good.state == TrialState.COMPLETE and poor.state == TrialState.PRUNED
+    assert poor.user_attrs["pruned_at_epoch"] == 1
+    epochs_run = [json.loads(line)["epoch"] for line in (Path(poor.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert epochs_run == [1]  # stopped after the first of two epochs, its log kept
+    assert not (Path(poor.user_attrs["run_dir"]) / "results.json").exists()
+    assert summary["counts"]["pruned"] == 1 and summary["best"]["number"] == good.number
+
+    page = render(tmp_path / "quickstart-study" / "report.html", tmp_path)
+    assert "pruned" in page.text and "dashed and ending in a cross: pruned" in page.text
+    assert page.images == page.images_decoded == 2  # history and curves; importance needs 3 complete trials
+    assert "Not shown: needs at least 3 complete trials" in page.text
+
+
+@pytest.mark.slow
+def test_an_invalid_combination_fails_its_trial_not_the_study(fmnist_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, "schedule.warmup_epochs: [0.5, 4.0]\n")  # 4 warmup epochs of 2 cannot be built
+    overrides = [f"data.root={fmnist_root}", f"output_dir={tmp_path}", *TINY, "schedule.name=cosine"]
+    summary = tune(RECIPE, overrides, space=space, sampler="grid", pruner="none", progress=False)
+    rows = {row["params"]["schedule.warmup_epochs"]: row for row in summary["trials"]}
+    assert rows[4.0]["state"] == "failed" and "schedule.warmup_epochs" in rows[4.0]["error"]
+    assert rows[0.5]["state"] == "complete" and summary["best"]["number"] == rows[0.5]["number"]
+    assert summary["finished"] == 2
+
+
+def postgres_installed() -> bool:
+    return bool(shutil.which("pg_ctl") or glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """CI's server ($REPROCLS_TEST_POSTGRES_URL), else a throwaway one started here with the same script."""
+    url = os.environ.get("REPROCLS_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if not postgres_installed():
+        pytest.skip("PostgreSQL is not installed (make test-packages, or apt-get install postgresql)")
+    folder = tmp_path_factory.mktemp("postgres")
+    started = subprocess.run([str(SERVER_SCRIPT), "start", str(folder)], capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, f"PostgreSQL is installed but did not start: {started.stderr}"
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(SERVER_SCRIPT), "stop", str(folder)], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_on_postgresql(postgres_url: str, fmnist_root: Path, tmp_path: Path) -> None:
+    name = f"shared-{uuid.uuid4().hex[:10]}"
+    space = write_space(tmp_path, "optim.lr: {low: 0.02, high: 0.5, log: true}\noptim.weight_decay: [0.0, 5.0e-4]\n")
+    summary = tune(RECIPE, [f"data.root={fmnist_root}", f"output_dir={tmp_path}", *TINY], space=space, sampler="random",
+                   trials=3, workers=2, pruner="none", storage=postgres_url, study_name=name, out=tmp_path / "study",
+                   progress=False)
+    study = optuna.load_study(study_name=name, storage=postgres_url)  # the trials live in the server's database
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # two worker processes each ran trials
+    assert len({t.params["optim.lr"] for t in trials}) == 3  # the workers drew different points
+    assert not (tmp_path / "study" / "study.db").exists()
+
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    assert summary["best"]["number"] == best.number
+    recipe = load_config(tmp_path / "study" / "best.yaml")
+    assert {key: get_key(recipe, key) for key in best.params} == best.params
+    results = json.loads((Path(best.user_attrs["run_dir"]) / "results.json").read_text())
+    assert best.value == results["val"]["top1"]
+    metrics = [json.loads(line) for line in (Path(best.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["val_top1"] == best.value
+
+
+def tune_cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-m", "reprocls", "tune", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def snapshot(trial: optuna.trial.FrozenTrial) -> tuple:
+    return trial.params, trial.value, trial.state, trial.datetime_complete, trial.user_attrs["run_dir"]
+
+
+@pytest.mark.slow
+def test_sigkilled_study_resumes_keeping_finished_trials_and_retrying_the_killed_one(fmnist_root: Path,
+                                                                                    tmp_path: Path) -> None:
+    space = write_space(tmp_path, "optim.lr: {low: 0.02, high: 0.5, log: true}\n")
+    args = [RECIPE, f"data.root={fmnist_root}", f"output_dir={tmp_path}", *TINY, "--space", str(space), "--sampler",
+            "random", "--trials", "4", "--pruner", "none", "-q"]
+    database = tmp_path / "quickstart-study" / "study.db"
+    process = tune_cli(*args)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # kill once two trials are done and a third is running
+            if database.exists() and process.poll() is None:
+                with sqlite3.connect(database, timeout=30) as connection:
+                    done = connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+                    running = connection.execute(
+                        "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+                        "where t.state = 'RUNNING' and a.key = 'pid'").fetchone()[0]
+                if done == 2 and running == 1:
+                    process.send_signal(signal.SIGKILL)
+                    break
+            assert process.poll() is None, f"tune ended before it could be killed: {process.stdout.read()[-3000:]}"
+            time.sleep(0.1)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    before = load(tmp_path / "quickstart-study").get_trials()
+    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
+    killed = before[2]
+
+    resumed = tune_cli(*args)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output[-3000:]
+    assert "trial(s) 2 lost their process; their parameters are queued again" in output
+
+    after = load(tmp_path / "quickstart-study").get_trials()
+    assert [snapshot(t) for t in after[:2]] == [snapshot(t) for t in before[:2]]  # finished trials untouched
+    assert after[2].state == TrialState.FAIL and "died" in after[2].user_attrs["crashed"]
+    retry = after[3]
+    assert retry.system_attrs["failed_trial"] == 2 and retry.params == killed.params
+    assert retry.state == TrialState.COMPLETE
+    finished = [t for t in after if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4 and len(after) == 5  # exactly the budget: the crash did not count
+    summary = json.loads((tmp_path / "quickstart-study" / "study.json").read_text())
+    assert summary["finished"] == 4 and summary["counts"]["failed"] == 1
+    assert next(row for row in summary["trials"] if row["number"] == 3)["retry_of"] == 2
