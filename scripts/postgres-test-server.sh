@@ -13,7 +13,10 @@ dir=$2
 database=reprocls_test
 
 find_bindir() {
-  if [ -n "${PG_BINDIR:-}" ]; then echo "$PG_BINDIR"; return; fi
+  if [ -n "${PG_BINDIR:-}" ]; then
+    [ -x "$PG_BINDIR/pg_ctl" ] || { echo "PG_BINDIR=$PG_BINDIR has no pg_ctl; point it at PostgreSQL's bin folder" >&2; exit 3; }
+    echo "$PG_BINDIR"; return
+  fi
   if command -v pg_ctl >/dev/null; then dirname "$(readlink -f "$(command -v pg_ctl)")"; return; fi  # Debian links only some tools
   local newest
   newest=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
@@ -49,6 +52,7 @@ start() {
     data="$dir/pgdata"
     mkdir -p "$data"
   fi
+  trap 'rm -rf "$data"; rm -f "$dir/pgdata"' EXIT  # a failed start leaves nothing behind
   as_server_user "$bindir/initdb" -D "$data/cluster" -U postgres --auth=trust --encoding=UTF8 --locale=C --no-sync \
     >"$dir/initdb.log" 2>&1 || { echo "initdb failed:" >&2; tail -n 20 "$dir/initdb.log" >&2; exit 1; }
   as_server_user mkdir -p "$data/socket"
@@ -57,6 +61,7 @@ start() {
     if as_server_user "$bindir/pg_ctl" -D "$data/cluster" -l "$data/server.log" -w -t 60 \
          -o "-h 127.0.0.1 -p $port -k $data/socket -c fsync=off -c full_page_writes=off" start >/dev/null; then
       echo "$port" >"$dir/port"
+      trap - EXIT  # running: from here on `stop` cleans up
       as_server_user "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$database"
       echo "postgresql+psycopg://postgres@127.0.0.1:$port/$database" | tee "$dir/url"
       return 0

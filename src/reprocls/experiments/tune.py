@@ -302,7 +302,8 @@ def open_storage(url: str) -> RDBStorage:
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
         raise ConfigError(f"--storage {masked(url)}: cannot open the study database ({str(error).splitlines()[0]}); "
-                          "check the URL (e.g. postgresql+psycopg://user@host:5432/db) and that the server is reachable") from None
+                          "check the URL (e.g. postgresql+psycopg://user@host:5432/db) and that the server is "
+                          "reachable") from None
 
 
 def make_sampler(plan: SearchPlan, worker_seed: int) -> optuna.samplers.BaseSampler:
@@ -469,7 +470,8 @@ def trial_line(trial: FrozenTrial) -> str:
         outcome = f"val top-1 {100 * trial.value:.2f} %"
     elif trial.state == TrialState.PRUNED:
         last = trial.intermediate_values.get(max(trial.intermediate_values)) if trial.intermediate_values else None
-        outcome = f"pruned at epoch {attrs.get('pruned_at_epoch', '?')}" + (f" ({100 * last:.2f} %)" if last is not None else "")
+        outcome = f"pruned at epoch {attrs.get('pruned_at_epoch', '?')}"
+        outcome += f" ({100 * last:.2f} %)" if last is not None else ""
     elif attrs.get("surplus"):
         outcome = "not run: the budget was reached by other workers"
     else:
@@ -617,7 +619,8 @@ def check_study(study: optuna.Study, plan: SearchPlan) -> None:
     if recorded is None:
         study.set_user_attr("space", plan.space)
     elif recorded != plan.space:
-        differs = sorted(set(recorded) ^ set(plan.space) | {k for k in recorded if plan.space.get(k) not in (None, recorded[k])})
+        changed = {key for key in recorded if plan.space.get(key) not in (None, recorded[key])}
+        differs = sorted(set(recorded) ^ set(plan.space) | changed)
         raise ConfigError(f"--study {plan.study}: the study in {masked(plan.storage)} searches a different space "
                           f"(keys that differ: {', '.join(differs)}); rerun with its original --space file, or start a new "
                           "study with --study NEW_NAME")
@@ -636,7 +639,8 @@ def summarize(study: optuna.Study, folder: Path, url: str) -> dict[str, Any]:
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None  # ties: the earliest trial
     importance, note = param_importance(study, complete)
-    counts = {state: sum(row["state"] == state for row in rows) for state in ("complete", "pruned", "failed", "running", "waiting")}
+    states = ("complete", "pruned", "failed", "running", "waiting")
+    counts = {state: sum(row["state"] == state for row in rows) for state in states}
     command = study.user_attrs.get("command", {})
     return {
         "study": study.study_name, "storage": masked(url), "folder": str(folder), "direction": "maximize",
@@ -691,7 +695,8 @@ def write_best_recipe(summary: dict[str, Any], recipe: str | None, overrides: li
     raw["name"] = f"{summary['study']}-best"
     header = [f"# Best trial of study {summary['study']!r}: trial {best['number']}, validation top-1 "
               f"{100 * best['value']:.2f} % ({summary['finished']} trials finished).",
-              f"# The recipe {recipe}" + (f" with {' '.join(overrides)}" if overrides else "") + ", and the trial's parameters:",
+              f"# The recipe {recipe}" + (f" with {' '.join(overrides)}" if overrides else "")
+              + ", and the trial's parameters:",
               "#   " + ", ".join(f"{key}={value}" for key, value in best["params"].items()),
               f"# Train it: reprocls train {path}", ""]
     temporary = path.with_name(f".{path.name}.tmp.yaml")
