@@ -233,6 +233,28 @@ def test_an_invalid_combination_fails_its_trial_not_the_study(fmnist_root: Path,
     assert summary["finished"] == 2
 
 
+@pytest.mark.slow
+def test_a_trial_stopped_by_ctrl_c_is_retried_on_the_next_run(fmnist_root: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprocls.experiments import tune as tune_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    space = write_space(tmp_path, "optim.lr: {low: 0.02, high: 0.5, log: true}\n")
+    arguments = dict(space=space, sampler="random", trials=2, pruner="none", progress=False)
+    overrides = [f"data.root={fmnist_root}", f"output_dir={tmp_path}", *TINY]
+    monkeypatch.setattr(tune_module, "train_recipe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(RECIPE, overrides, **arguments)
+    monkeypatch.undo()
+    summary = tune(RECIPE, overrides, **arguments)
+    first, retry, new = summary["trials"]
+    assert first["state"] == "failed" and first["error"] == "interrupted"
+    assert retry["retry_of"] == 0 and retry["params"] == first["params"] and retry["state"] == "complete"
+    assert retry["error"] is None and new["state"] == "complete" and summary["finished"] == 2
+
+
 def postgres_installed() -> bool:
     return bool(shutil.which("pg_ctl") or glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
 

@@ -387,6 +387,19 @@ def recover_orphans(study: optuna.Study, storage: RDBStorage) -> list[int]:
     return requeued
 
 
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Queue again the points of trials stopped by Ctrl-C (Optuna marks them failed), once each."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for trial in trials for number in trial.system_attrs.get("retry_history", [])}
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+    requeued = []
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted") and trial.number not in retried:
+            retry(study, trial)
+            requeued.append(trial.number)
+    return requeued
+
+
 class BudgetReached(Exception):
     """Raised in a trial that another worker's concurrent start pushed past --trials (it trains nothing)."""
 
@@ -403,7 +416,7 @@ class Objective:
         params = {key: suggest_param(trial, key, distribution) for key, distribution in self.space.items()}
         name = f"trial-{trial.number:04d}"
         stat = process_stat(os.getpid())
-        retried = {"crashed": None} if "crashed" in trial.user_attrs else {}  # a retry starts with its own record
+        retried = {key: None for key in ("crashed", "interrupted") if key in trial.user_attrs}  # a retry's own record
         for key, value in {"host": HOST, "pid": os.getpid(), "process_start": stat[1] if stat else None,
                            "run_name": name, "worker": self.worker, **retried}.items():
             trial.set_user_attr(key, value)
@@ -584,7 +597,7 @@ def tune(recipe: str | None, overrides: list[str] | tuple[str, ...] = (), *, spa
         store = open_storage(url)
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
         check_study(study, plan)
-        requeued = recover_orphans(study, store)
+        requeued = recover_orphans(study, store) + requeue_interrupted(study)
         before = sum(spends_budget(t) for t in study.get_trials(deepcopy=False))
         threads = base.train.threads or max(1, (os.cpu_count() or 1) // workers)
         print(f"study {name!r} in {masked(url)}: {before} of {trials} trials done; sampler {sampler} (seed {seed}), "
@@ -664,7 +677,8 @@ def trial_row(trial: FrozenTrial, folder: Path) -> dict[str, Any]:
         "pruned_at_epoch": attrs.get("pruned_at_epoch"), "curve": [[step, value] for step, value in curve],
         "run_dir": attrs.get("run_dir") or (str(found) if (found := find_run(folder, attrs.get("run_name"))) else None),
         "host": attrs.get("host"), "duration_s": trial.duration.total_seconds() if trial.duration else None,
-        "error": attrs.get("error") or attrs.get("crashed") or ("interrupted" if attrs.get("interrupted") else None),
+        "error": (attrs.get("error") or attrs.get("crashed") or ("interrupted" if attrs.get("interrupted") else None)
+                  if state == "failed" else None),
         "retry_of": trial.system_attrs.get("failed_trial"),
     }
 
