@@ -11,7 +11,7 @@ from reprocls.config import ConfigError, RunConfig, describe_keys, dump, load_co
 from reprocls.experiments.run import check_names
 
 ALL_YAML = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
-CONFIGS = [p for p in ALL_YAML if p.parent.name != "compress"]  # training recipes
+CONFIGS = [p for p in ALL_YAML if p.parent.name not in ("compress", "search")]  # training recipes (not plans or search spaces)
 COMPRESS_PLANS = [p for p in ALL_YAML if p.parent.name == "compress"]
 
 
