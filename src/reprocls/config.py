@@ -243,18 +243,45 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                           "override for the shell, e.g. 'model.kwargs={dropout: 0.3}'") from None
 
 
+def set_key(raw: dict[str, Any], keys: list[str], value: Any, *, source: str = "") -> None:
+    """Set a nested key (['optim', 'lr']) in a raw recipe mapping, creating sections on the way."""
+    node = raw
+    for key in keys[:-1]:
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source or '.'.join(keys)}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def get_key(raw: dict[str, Any], keys: list[str], default: Any = None) -> Any:
+    """A nested key of a raw recipe mapping, or `default` when any level is missing."""
+    node: Any = raw
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {dotted key: leaf value}; model.kwargs stays one value, as the schema treats it."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path != "model.kwargs":
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set dotted keys in a nested mapping; validation of the result happens in `build`."""
     for text in overrides:
         keys, value = parse_override(text)
-        node = raw
-        for key in keys[:-1]:
-            if node.get(key) is None:
-                node[key] = {}
-            node = node[key]
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {key!r} is not a section")
-        node[keys[-1]] = value
+        set_key(raw, keys, value, source=f"override {text!r}")
     return raw
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torchvision
+
+from reprocls.config import flatten
 
 
 def cpu_model() -> str:
@@ -65,3 +68,47 @@ def environment(*, with_packages: bool = True) -> dict[str, Any]:
     if with_packages:
         info["pip_freeze"] = pip_freeze()
     return info
+
+
+def parse_freeze(lines: Sequence[str]) -> dict[str, str]:
+    """pip freeze lines as {normalised name: version or source}, so snapshots from two machines can be compared."""
+    packages = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        for separator in ("==", " @ "):
+            if separator in line:
+                name, version = line.split(separator, 1)
+                packages[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()
+                break
+        else:
+            packages[line] = "installed"
+    return packages
+
+
+def differing_values(entries: Sequence[dict[str, Any]]) -> tuple[dict[str, list[Any]], int]:
+    """({key: value per entry} for keys whose values differ, count of keys that agree) across flat mappings."""
+    missing = "(absent)"
+    differences, equal = {}, 0
+    for key in sorted(set().union(*entries)):
+        values = [entry.get(key, missing) for entry in entries]
+        if all(value == values[0] for value in values[1:]):
+            equal += 1
+        else:
+            differences[key] = values
+    return differences, equal
+
+
+def environment_differences(environments: Sequence[dict[str, Any]]) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """(differing snapshot keys such as torch or git.commit, differing package versions) across environment.json
+    snapshots; package lists are compared only when every snapshot recorded one."""
+    flat = [flatten({k: v for k, v in env.items() if k != "pip_freeze"}) for env in environments]
+    differences, _ = differing_values(flat)
+    freezes = [env.get("pip_freeze") or [] for env in environments]
+    if not all(freezes):
+        if any(freezes):
+            differences["pip_freeze"] = ["recorded" if f else "not recorded" for f in freezes]
+        return differences, {}
+    packages, _ = differing_values([parse_freeze(f) for f in freezes])
+    return differences, packages

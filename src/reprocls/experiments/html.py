@@ -9,6 +9,8 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
+from reprocls.files import atomic_write_text
+
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
 main{max-width:1100px;margin:0 auto;padding:24px 28px 60px}
@@ -41,10 +43,15 @@ def escape(text: Any) -> str:
 
 
 def png_data_uri(source: bytes | str | Path | Any) -> str:
-    """A data: URI for PNG bytes, a PNG file, or a matplotlib figure (rendered here)."""
+    """A data: URI for PNG bytes, a PNG file, or a matplotlib figure (rendered here, then closed to free its memory)."""
     if hasattr(source, "savefig"):
+        import matplotlib.pyplot as plt
+
         buffer = io.BytesIO()
-        source.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        try:
+            source.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        finally:
+            plt.close(source)
         data = buffer.getvalue()
     elif isinstance(source, (str, Path)):
         data = Path(source).read_bytes()
@@ -121,9 +128,5 @@ def page(title: str, sections: Sequence[tuple[str, str]], *, subtitle: str = "",
 
 
 def write_page(path: str | Path, document: str) -> Path:
-    """Write through a temporary file so an interrupted write never leaves half a report."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(document, encoding="utf-8")
-    temporary.replace(path)
-    return path
+    """Write atomically, so an interrupted write never leaves half a report."""
+    return atomic_write_text(path, document)

@@ -6,7 +6,6 @@ order; otherwise (distributed evaluation, a run from before this existed) one pl
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from reprocls.data.datasets import Split  # noqa: E402
 from reprocls.data.images import to_mode  # noqa: E402
 from reprocls.engine.precision import autocast  # noqa: E402
 from reprocls.metrics.mistakes import Mistake, PredictionLog  # noqa: E402
+from reprocls.files import atomic_write_json  # noqa: E402
 
 MISTAKES_JSON = "mistakes.json"
 MISTAKES_PNG = "mistakes.png"
@@ -135,9 +135,7 @@ def write_mistakes(run_dir: Path, log: PredictionLog, splits: DatasetSplits, *, 
                       run_dir / MISTAKES_PNG)
     else:
         (run_dir / MISTAKES_PNG).unlink(missing_ok=True)
-    temporary = run_dir / f".{MISTAKES_JSON}.tmp"
-    temporary.write_text(json.dumps(payload, indent=2))
-    temporary.replace(run_dir / MISTAKES_JSON)
+    atomic_write_json(run_dir / MISTAKES_JSON, payload)
     return payload
 
 

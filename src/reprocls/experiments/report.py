@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -30,6 +32,39 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The per-epoch records of a run's metrics.jsonl (empty when missing); an epoch logged twice keeps its later record."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    by_epoch: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def plot_validation_runs(histories: dict[str, list[dict]], *, dashed: set[str] = frozenset(), legend: bool = True):
+    """Validation top-1 and loss per epoch, one line per labelled run (seeds, trials, compared runs); `dashed` marks
+    runs that stopped early. Returns the figure; the caller embeds or saves it."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, history in histories.items():
+        val = [r for r in history if "val_top1" in r]
+        style = dict(marker="o", markersize=3, linestyle="--" if label in dashed else "-", label=label)
+        ax_acc.plot([r["epoch"] for r in val], [100 * r["val_top1"] for r in val], **style)
+        ax_loss.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], **style)
+    for ax, label in ((ax_acc, "val top-1 (%)"), (ax_loss, "val loss")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if legend and histories:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> None:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from reprocls.config import ConfigError, RunConfig, to_dict
+from reprocls.config import ConfigError, RunConfig, flatten, to_dict
 from reprocls.engine.checkpoint import (CheckpointError, load_checkpoint, newest_valid, prune, restore_rng_states,
                                         rng_states, verify, write_checkpoint)
 from reprocls.engine.distributed import World, unwrap
@@ -24,17 +24,6 @@ CHECKPOINTS = "checkpoints"
 HARMLESS_KEYS = ("name", "output_dir", "data.root", "data.download", "data.workers", "data.eval_batch_size",
                  "train.log_every", "train.threads", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
                  "train.on_nonfinite", "reference")
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and path not in ("model.kwargs",):
-            flat.update(flatten(value, f"{path}."))
-        else:
-            flat[path] = value
-    return flat
 
 
 def _harmless(key: str) -> bool:

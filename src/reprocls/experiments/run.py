@@ -29,6 +29,7 @@ from reprocls.engine.ema import create_ema
 from reprocls.engine.train import TrainState
 from reprocls.experiments.resume import CHECKPOINTS, Checkpointer, agree_on, find_resume_point, restore
 from reprocls.envinfo import environment
+from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.experiments.report import format_table, results_table, write_report
 from reprocls.experiments.html_report import write_run_html
 from reprocls.experiments.mistakes import RecordingModel, save_test_mistakes
@@ -109,15 +110,11 @@ class RunFolder:
         self.tensorboard = SummaryWriter(str(self.path / "tensorboard"), purge_step=step if resume is not None else None)
 
     def write_lines(self, name: str, lines: list[str]) -> None:
-        temporary = self.path / f".{name}.tmp"
-        temporary.write_text("".join(f"{line}\n" for line in lines))
-        temporary.replace(self.path / name)
+        atomic_write_text(self.path / name, "".join(f"{line}\n" for line in lines))
 
     def write_json(self, name: str, payload: Any) -> None:
-        """Write through a temporary file so a crash never leaves half a JSON file."""
-        temporary = self.path / f".{name}.tmp"
-        temporary.write_text(json.dumps(payload, indent=2, default=str))
-        temporary.replace(self.path / name)
+        """Atomic, so a crash never leaves half a JSON file."""
+        atomic_write_json(self.path / name, payload)
 
     def log_step(self, step: int, scalars: dict[str, float]) -> None:
         for key, value in scalars.items():
