@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -70,5 +71,5 @@ def render(page: Path, workdir: Path) -> Rendered:
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     match = re.search(r'<pre id="__browser_probe__">(.*?)</pre>', completed.stdout, re.S)
     assert match, f"the browser did not finish loading {page} (exit {completed.returncode}): {completed.stderr[-2000:]}"
-    probe = json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    probe = json.loads(html.unescape(match.group(1)))
     return Rendered(**probe)

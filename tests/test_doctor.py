@@ -206,6 +206,20 @@ def test_random_eval_transform_of_a_registered_dataset_is_found(own_eval_dataset
     assert of(doctor(["data.in_memory=no", "data.image_size=64", "data.preset=imagenet"]), "random_eval_augmentation") == []
 
 
+def test_constants_a_dataset_with_own_transforms_never_applies_are_named_not_judged(own_eval_datasets) -> None:
+    assert of(doctor(["data.name=doctor_fixed_eval"]), "normalization") == []
+    (finding,) = of(doctor(["data.name=doctor_fixed_eval", "data.mean=[0.5]", "data.std=[0.5]"]), "normalization")
+    assert finding.severity == "info" and "never applied" in finding.message and "remove data.mean" in finding.fix
+
+
+def test_train_goes_on_when_the_doctor_cannot_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A recipe the doctor cannot read fails training with the same clear error (and exit 2), never a crash."""
+    assert main(["train", str(QUICKSTART), "data.name=image_folder", f"output_dir={tmp_path}", "-q"]) == 2
+    captured = capsys.readouterr()
+    assert "reproduction doctor: could not check this recipe: data.root" in captured.out
+    assert "data.root" in captured.err and not any(tmp_path.iterdir())
+
+
 def test_loader_evaluates_through_a_datasets_own_transform(fmnist_splits) -> None:
     split = fmnist_splits.test.subset(range(4))
     flip = v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.ToDtype(torch.float32, scale=True)])
@@ -229,7 +243,7 @@ def test_format_findings_lists_errors_first_with_key_and_fix() -> None:
 
 
 def test_every_check_is_registered() -> None:
-    assert set(CHECKS.names()) >= {"imagenet_stem", "normalization", "lr_not_scaled", "random_eval_augmentation",
+    assert set(CHECKS.names()) == {"imagenet_stem", "normalization", "lr_not_scaled", "random_eval_augmentation",
                                    "tiny_bn_batch", "missing_seed", "short_schedule", "norm_weight_decay",
                                    "slow_bn_statistics"}
 

@@ -20,8 +20,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_doctor and os.environ.get("RANK", "0") == "0":
         from reprocls.experiments.doctor import diagnose, format_findings
 
-        findings = diagnose(config, explicit=explicit_keys(read_recipe(args.recipe, args.overrides)),
-                            world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        try:
+            findings = diagnose(config, explicit=explicit_keys(read_recipe(args.recipe, args.overrides)),
+                                world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        except ConfigError as error:  # training meets the same problem on every process and stops them all
+            findings = []
+            print(f"reproduction doctor: could not check this recipe: {error}\n")
         if findings:
             print(format_findings(findings) + "\n")
     train_recipe(config, progress=not args.quiet, resume=args.resume)

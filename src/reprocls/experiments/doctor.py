@@ -261,6 +261,12 @@ def imagenet_stem(context: Context) -> list[Finding]:
 def normalization(context: Context) -> list[Finding]:
     """Normalisation constants of another dataset (or of the wrong channel count) shift every input the model sees."""
     data, name = context.config.data, context.config.data.name
+    if name not in KNOWN_FACTS and name != "image_folder" and context.native_splits.eval_transform is not None:
+        if data.mean is None and data.std is None:
+            return []
+        return [Finding("normalization", "info", "data.mean",
+                        f"{name} brings its own transforms, so data.mean and data.std are never applied",
+                        "remove data.mean and data.std, or normalise inside the dataset's own transforms")]
     channels = context.in_chans
     for key in ("mean", "std"):
         values = getattr(data, key)

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from reprocls.config import ConfigError  # noqa: E402
 from reprocls.experiments import html  # noqa: E402
 from reprocls.experiments.mistakes import MISTAKES_JSON, MISTAKES_PNG, predict_split, write_mistakes  # noqa: E402
-from reprocls.experiments.report import percent, plot_confusion  # noqa: E402
+from reprocls.experiments.report import percent, plot_confusion, read_history  # noqa: E402
 
 REPORT_HTML = "report.html"
 FOLDER_KINDS = "a run folder (results.json), a study folder (study.json) or a reproduction folder (reproduction.json)"
@@ -47,7 +47,7 @@ def write_run_html(run_dir: Path) -> Path:
     """report.html of a finished run; computes mistakes.json first when the run has none (a run from before it)."""
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
-    history = read_history(run_dir / "metrics.jsonl")
+    history = read_history(run_dir)
     mistakes, missing_reason = load_or_find_mistakes(run_dir)
     sections = [
         ("Training curves", curves_section(history)),
@@ -60,18 +60,6 @@ def write_run_html(run_dir: Path) -> Path:
     subtitle = f"{results['model']} on {results['dataset']}, seed {results.get('seed', '—')}"
     document = html.page(results.get("run") or run_dir.name, sections, subtitle=subtitle, intro=headline(results))
     return html.write_page(run_dir / REPORT_HTML, document)
-
-
-def read_history(path: Path) -> list[dict]:
-    """The per-epoch records of metrics.jsonl; a resumed run may log an epoch again, the later record wins."""
-    if not path.exists():
-        return []
-    by_epoch: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_epoch[record["epoch"]] = record
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def headline(results: dict[str, Any]) -> str:
