@@ -11,7 +11,8 @@ import pytest
 
 from reprocls.cli import main
 from reprocls.config import ConfigError, load_config
-from reprocls.experiments.compare import compare_runs, environment_differences, parse_freeze, short_labels
+from reprocls.envinfo import environment_differences, parse_freeze
+from reprocls.experiments.compare import MetricRow, compare_runs, format_metric, short_labels
 from reprocls.experiments.run import train_recipe
 
 REPO = Path(__file__).parent.parent
@@ -42,6 +43,17 @@ def test_environment_differences_names_keys_and_packages() -> None:
     assert differences == {"git.commit": ["abc", "def"]}
     assert packages == {"numpy": ["2.1.0", "2.2.0"], "timm": ["(absent)", "1.0"]}
     assert environment_differences([base, {**base, "pip_freeze": []}])[0] == {"pip_freeze": ["recorded", "not recorded"]}
+
+
+def test_best_marks_the_winners_in_the_metric_direction() -> None:
+    assert MetricRow("test_top1", "test top-1", [0.81, 0.85, 0.85], "higher").best() == [1, 2]  # a tie marks both
+    assert MetricRow("test_loss", "test loss", [0.52, 0.40, None], "lower").best() == [1]  # a missing value never wins
+    assert MetricRow("test_top1", "test top-1", [0.9, 0.9], "higher").best() == []  # equal everywhere: no winner
+    assert MetricRow("test_top1", "test top-1", [0.9, None], "higher").best() == []  # one value: nothing to compare
+    assert MetricRow("epochs", "epochs", [2, 3], None).best() == []  # not ranked
+    row = MetricRow("test_top1", "test top-1", [0.8123, 0.9], "higher")
+    assert [row.cell(0), row.cell(1)] == ["81.23 %", "90.00 % *"]
+    assert format_metric("reference_gap", -0.019) == "-1.90 points" and format_metric("params", 272474) == "0.272 M"
 
 
 def test_short_labels_fall_back_until_runs_are_told_apart() -> None:
@@ -78,15 +90,14 @@ def test_metric_rows_read_results_and_mark_the_best(two_runs) -> None:
     comparison = compare_runs(two_runs.paths)
     rows = {row.key: row for row in comparison.metrics}
     top1 = [r["test"]["top1"] for r in two_runs.results]
-    assert rows["test_top1"].values == top1
-    assert rows["test_top1"].best() == ([0] if top1[0] > top1[1] else [1] if top1[1] > top1[0] else [])
-    assert rows["test_loss"].best() == [min(range(2), key=lambda i: two_runs.results[i]["test"]["loss"])]
+    assert rows["test_top1"].values == top1 and top1[0] != top1[1]
+    assert rows["test_loss"].values == [r["test"]["loss"] for r in two_runs.results]
     assert rows["epochs"].values == [2, 3] and rows["epochs"].best() == []  # not ranked
     assert rows["params"].best() == []  # same model: equal everywhere
     assert rows["reference_gap"].values == [r["reference"]["gap"] for r in two_runs.results]
-    winner = rows["test_top1"].best()[0]
     text = comparison.format()
-    assert f"{100 * top1[winner]:.2f} % *" in text and "optim.lr" in text and "schedule.epochs" in text
+    assert f"{100 * max(top1):.2f} % *" in text and f"{100 * min(top1):.2f} % *" not in text
+    assert "optim.lr" in text and "schedule.epochs" in text
     assert "environment differences: none" in text
 
 

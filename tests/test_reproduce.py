@@ -1,5 +1,6 @@
-"""reprocls reproduce: the verdict rule at its boundaries, a real two-seed reproduction, interrupted and resumed ones,
-the CLI's exit codes, and the report as a browser renders it."""
+"""reprocls reproduce: the verdict rule at its boundaries (shared with a single run's results.json), a real two-seed
+reproduction on one pinned data split, interrupted and resumed ones, the CLI's exit codes, and the report as a browser
+renders it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import pytest
 import reprocls.experiments.reproduce as reproduce_module
 from reprocls.cli import main
 from reprocls.config import ConfigError, ReferenceConfig, load_config
-from reprocls.experiments.reproduce import describe, judge, reproduce, t_quantile_975, write_reproduction_report
+from reprocls.data import load_dataset
+from reprocls.experiments.reproduce import reproduce, write_reproduction_report
+from reprocls.experiments.run import reference_gap
+from reprocls.experiments.verdict import describe, judge, t_quantile_975
 
 REPO = Path(__file__).parent.parent
 TINY = ["data.limit_train=512", "data.limit_eval=256", "schedule.epochs=2", "data.batch_size=64", "train.threads=1",
@@ -50,18 +54,20 @@ def test_above_the_reference_is_reproduced_with_zero_tolerance() -> None:
     assert judge([0.949999, 0.949999], paper(0.95, 0.0))["status"] != "reproduced"
 
 
-def test_gap_beyond_tolerance_but_within_two_std_is_within_noise() -> None:
-    values = [0.93, 0.95]  # mean 0.94, std 0.01414: 2 std = 2.83 points, gap 0.9 points, tolerance 0.5
-    verdict = judge(values, paper(0.949))
+def test_gap_inside_the_prediction_bound_is_within_noise_even_beyond_two_std() -> None:
+    values = [0.93, 0.95]  # mean 0.94, std 1.414 points; 2 x std = 2.83 points would call a 3-point gap short
+    verdict = judge(values, paper(0.97))
+    bound = 12.706 * 0.0141421356 * 1.2247449  # t(0.975, 1) x std x sqrt(1 + 1/2) = 22.01 points
     assert verdict["status"] == "within noise" and verdict["tone"] == "warn"
-    assert verdict["noise"] == pytest.approx(2 * np.std(values, ddof=1))
-    assert "short by 0.90 points (mean 94.00 ± 1.41 % over 2 seeds vs 94.90 % reported by paper X)" in verdict["text"]
-    assert "2 x std = 2.83 points" in verdict["text"]
+    assert verdict["noise"] == pytest.approx(bound, rel=1e-6)
+    assert verdict["label"] == "within noise: short by 3.00 points"
+    assert "short by 3.00 points (mean 94.00 ± 1.41 % over 2 seeds vs 97.00 % reported by paper X)" in verdict["text"]
+    assert "t(0.975, 1) x std x sqrt(1 + 1/2) = 12.706 x 1.41 x 1.225 = 22.01 points" in verdict["text"]
 
 
-def test_gap_of_exactly_two_std_is_within_noise_and_a_hair_more_is_short() -> None:
-    values = [0.90, 0.92]
-    edge = float(np.mean(values) + 2 * np.std(values, ddof=1))
+def test_gap_at_the_prediction_bound_is_within_noise_and_a_hair_more_is_short() -> None:
+    values = [0.90, 0.91, 0.92]  # std 0.01 exactly
+    edge = 0.91 + 4.303 * 0.01 * np.sqrt(4 / 3)  # mean + t(0.975, 2) x std x sqrt(1 + 1/3) = 0.9596866
     assert judge(values, paper(edge, 0.0))["status"] == "within noise"
     short = judge(values, paper(edge + 1e-6, 0.0))
     assert short["status"] == "short" and short["tone"] == "bad"
@@ -73,7 +79,8 @@ def test_short_text_spells_out_every_number() -> None:
     assert verdict["status"] == "short"
     assert verdict["text"].startswith("short by 5.00 points (mean 90.00 ± 0.00 % over 3 seeds vs 95.00 % reported by "
                                       "He et al. 2016, table 6)")
-    assert "0.50-point tolerance" in verdict["text"] and "2 x std = 0.00 points" in verdict["text"]
+    assert "0.50-point tolerance" in verdict["text"]
+    assert "t(0.975, 2) x std x sqrt(1 + 1/3) = 4.303 x 0.00 x 1.155 = 0.00 points" in verdict["text"]
 
 
 def test_one_seed_is_never_within_noise() -> None:
@@ -81,6 +88,17 @@ def test_one_seed_is_never_within_noise() -> None:
     assert verdict["status"] == "short" and verdict["std"] is None and verdict["noise"] is None
     assert "93.00 % from 1 seed, std undefined" in verdict["text"] and "run more seeds" in verdict["text"]
     assert judge([0.946], paper(0.949))["status"] == "reproduced"
+
+
+def test_a_single_run_is_judged_by_the_same_rule_and_words(tmp_path: Path) -> None:
+    config = load_config(REPO / "configs/quickstart.yaml", [f"output_dir={tmp_path}", "reference.top1=0.949",
+                                                            "reference.tolerance=0.005", "reference.source=paper X"])
+    at_boundary = reference_gap(config, 0.944)  # 0.944 - 0.949 is -0.0050000000000000044 in floats
+    assert at_boundary["verdict"] == "reproduced" == judge([0.944], config.reference)["label"]
+    short = reference_gap(config, 0.93)
+    assert short == {"source": "paper X", "top1": 0.949, "tolerance": 0.005, "gap": pytest.approx(-0.019),
+                     "verdict": "short by 1.90 points", "text": judge([0.93], config.reference)["text"]}
+    assert short["text"].startswith("short by 1.90 points (93.00 % from 1 seed, std undefined vs 94.90 % reported by ")
 
 
 def test_describe_matches_numpy_and_student_t() -> None:
@@ -159,12 +177,57 @@ def test_seeds_differ_and_statistics_match_numpy(interrupted_then_resumed) -> No
     assert stats["val_top1"]["std"] == pytest.approx(np.std([r["val"]["top1"] for r in results], ddof=1))
     assert stats["images_per_s"]["max"] == pytest.approx(max(r["images_per_s"] for r in results))
     assert summary["verdict"] == judge(top1, interrupted_then_resumed.config.reference)
+    assert results[0]["reference"]["verdict"] == judge([top1[0]], interrupted_then_resumed.config.reference)["label"]
     on_disk = json.loads((folder / "reproduction.json").read_text())
     assert on_disk["verdict"]["status"] == summary["verdict"]["status"] and on_disk["complete"] is True
     assert on_disk["environment"]["torch"] and on_disk["environment"]["differs_across_seeds"] == {}
     assert load_config(folder / "recipe.yaml").reference.top1 == 0.5
     markdown = (folder / "reproduction.md").read_text()
     assert summary["verdict"]["text"] in markdown and "| test top-1 |" in markdown
+
+
+@pytest.mark.slow
+def test_every_seed_is_scored_on_the_same_images_but_trains_differently(interrupted_then_resumed) -> None:
+    folder, summary = interrupted_then_resumed.folder, interrupted_then_resumed.summary
+    configs = [load_config(folder / r["run"] / "config.yaml") for r in summary["runs"]]
+    assert [c.seed for c in configs] == [0, 1] and [c.data.split_seed for c in configs] == [0, 0]
+    seed0, seed1 = (load_dataset(c.data, c.seed) for c in configs)
+    for name in ("train", "val", "test"):  # limit_train/limit_eval subsets included
+        assert len(getattr(seed0, name)) < 1000
+        assert getattr(seed0, name).labels.equal(getattr(seed1, name).labels)
+        assert getattr(seed0, name).images.equal(getattr(seed1, name).images)
+    configs[1].data.split_seed = None  # control: a plain run with seed 1 draws another split
+    assert not load_dataset(configs[1].data, 1).test.images.equal(seed0.test.images)
+    histories = [[json.loads(line)["train_loss"] for line in (folder / r["run"] / "metrics.jsonl").read_text().splitlines()]
+                 for r in summary["runs"]]
+    assert histories[0] != histories[1]  # same data, different initialisation and batch order
+    assert summary["split_seed"] == 0
+    assert "Every seed is evaluated on the same images (data.split_seed: 0)." in (folder / "reproduction.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_plan_interrupted_in_its_first_seed_is_kept_on_resume(fmnist_root: Path, tmp_path: Path) -> None:
+    config = tiny_recipe(fmnist_root, tmp_path, "reference.top1=0.5", "reference.source=test")
+    real_train = reproduce_module.train_recipe
+
+    def stop_after_last_checkpoint(recipe, **kwargs):
+        run_dir, results = real_train(recipe, **kwargs)
+        (run_dir / "results.json").unlink()
+        raise KeyboardInterrupt
+
+    reproduce_module.train_recipe = stop_after_last_checkpoint
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reproduce(config, seeds=1, first_seed=10, out=tmp_path / "r", progress=False, echo=False)
+    finally:
+        reproduce_module.train_recipe = real_train
+    plan = json.loads((tmp_path / "r" / "reproduction.json").read_text())
+    assert plan["seeds"] == [10] and plan["first_seed"] == 10 and plan["finished"] == 0 and plan["verdict"] is None
+    with pytest.raises(FileNotFoundError, match="no seed has finished yet"):
+        write_reproduction_report(tmp_path / "r")
+    summary = reproduce(config, resume=tmp_path / "r", progress=False, echo=False)
+    assert summary["seeds"] == [10] and [(r["seed"], r["how"]) for r in summary["runs"]] == [(10, "resumed")]
+    assert len(list((tmp_path / "r" / "seeds").iterdir())) == 1
 
 
 @pytest.mark.slow

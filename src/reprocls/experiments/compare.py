@@ -4,7 +4,6 @@ because a difference in accuracy means little until you know what else changed."
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,19 +12,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from reprocls.config import ConfigError  # noqa: E402
+from reprocls.config import ConfigError, flatten  # noqa: E402
+from reprocls.envinfo import differing_values, environment_differences  # noqa: E402
 from reprocls.experiments import html  # noqa: E402
-from reprocls.experiments.report import format_grid  # noqa: E402
-from reprocls.experiments.resume import flatten  # noqa: E402
+from reprocls.experiments.report import format_grid, plot_validation_runs, read_history  # noqa: E402
 
 RUN_FILES = ("results.json", "config.yaml", "environment.json")
 # Keys that differ between any two runs by construction; shown only with include_expected=True.
 EXPECTED_TO_DIFFER = ("name", "output_dir")
-ABSENT = "(absent)"
 BEST_MARK = " *"
 
 
@@ -59,12 +57,14 @@ class MetricRow:
         return [i for i, v in present if v == target]
 
     def cell(self, index: int) -> str:
+        """One run's value with the best-in-row mark, so the winner is visible without reading every number."""
         value = self.values[index]
         text = format_metric(self.key, value)
         return text + BEST_MARK if index in self.best() else text
 
 
 def format_metric(key: str, value: float | None) -> str:
+    """One metric in its unit (%, points, M params, seconds, img/s), so a row reads the same in every column."""
     if value is None:
         return "—"
     if key in ("test_top1", "test_top5", "val_top1"):
@@ -99,54 +99,10 @@ def metric_rows(runs: Sequence[RunInfo]) -> list[MetricRow]:
 
 
 def _show(value: Any) -> str:
+    """A config or environment value as one cell: strings bare, anything else as JSON so lists and None stay exact."""
     if isinstance(value, str):
         return value
     return json.dumps(value, default=str)
-
-
-def differing(flat: Sequence[dict[str, Any]], ignore: Sequence[str] = ()) -> tuple[dict[str, list[Any]], int]:
-    """(key -> value per run for keys whose values differ, count of keys equal everywhere); a key a run lacks shows as
-    '(absent)'. Keys in `ignore` are left out of both."""
-    keys = sorted(set().union(*flat) - set(ignore))
-    differences, equal = {}, 0
-    for key in keys:
-        values = [entry.get(key, ABSENT) for entry in flat]
-        if all(v == values[0] for v in values[1:]):
-            equal += 1
-        else:
-            differences[key] = values
-    return differences, equal
-
-
-def parse_freeze(lines: Sequence[str]) -> dict[str, str]:
-    """pip freeze lines as {normalised name: version or source}."""
-    packages = {}
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        for separator in ("==", " @ "):
-            if separator in line:
-                name, version = line.split(separator, 1)
-                packages[re.sub(r"[-_.]+", "-", name.strip()).lower()] = version.strip()
-                break
-        else:
-            packages[line] = "installed"
-    return packages
-
-
-def environment_differences(environments: Sequence[dict[str, Any]]) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-    """(differing environment keys such as torch or git.commit, differing package versions from pip freeze) across
-    environment.json snapshots. Package lists are compared only when every snapshot has one."""
-    flat = [flatten({k: v for k, v in env.items() if k != "pip_freeze"}) for env in environments]
-    differences, _ = differing(flat)
-    freezes = [env.get("pip_freeze") or [] for env in environments]
-    if not all(freezes):
-        if any(freezes):
-            differences["pip_freeze"] = ["recorded" if f else "not recorded" for f in freezes]
-        return differences, {}
-    packages, _ = differing([parse_freeze(f) for f in freezes])
-    return differences, packages
 
 
 def short_labels(paths: Sequence[Path], names: Sequence[str]) -> list[str]:
@@ -171,9 +127,7 @@ def load_run_folder(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, A
     results = json.loads((folder / "results.json").read_text())
     config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     environment = json.loads((folder / "environment.json").read_text())
-    metrics = folder / "metrics.jsonl"
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
-    return folder, results, config, environment, history
+    return folder, results, config, environment, read_history(folder)
 
 
 @dataclass
@@ -190,6 +144,7 @@ class Comparison:
 
     @property
     def labels(self) -> list[str]:
+        """Column names, one per run."""
         return [run.label for run in self.runs]
 
     def headline(self) -> str:
@@ -205,17 +160,21 @@ class Comparison:
                 f"({100 * second:.2f} %)")
 
     def metric_grid(self) -> list[list[str]]:
+        """Header and one row per metric, shared by the terminal and HTML views."""
         return [["metric", *self.labels]] + [[row.label, *(row.cell(i) for i in range(len(self.runs)))] for row in self.metrics]
 
     def config_grid(self) -> list[list[str]]:
+        """Header and one row per differing config key."""
         return [["key", *self.labels]] + [[key, *map(_show, values)] for key, values in self.config_differences.items()]
 
     def environment_grid(self) -> list[list[str]]:
+        """Header and one row per differing environment key or package."""
         rows = [[key, *map(_show, values)] for key, values in self.environment.items()]
         rows += [[f"package {name}", *map(_show, values)] for name, values in self.packages.items()]
         return [["key", *self.labels]] + rows
 
     def config_note(self) -> str:
+        """How many keys differ and agree, and which were not compared, so an empty table is not read as 'all equal'."""
         ignored = f"; not compared: {', '.join(self.ignored_keys)} (expected to differ)" if self.ignored_keys else ""
         return f"{len(self.config_differences)} key(s) differ, {self.config_equal} are equal{ignored}"
 
@@ -251,12 +210,13 @@ class Comparison:
         sections = [("Runs", runs_table),
                     ("Metrics", html.table(self.metric_grid(), numeric_columns=tuple(range(1, len(self.runs) + 1)))
                      + "<p>* best in row</p>"),
-                    ("Test accuracy", _figure(plot_accuracy(self.runs), "test top-1 and top-5 per run"))]
+                    ("Test accuracy", html.figure(plot_accuracy(self.runs), "test top-1 and top-5 per run"))]
         classes = plot_per_class(self.runs)
         if classes is not None:
-            sections.append(("Per-class accuracy", _figure(classes, "test accuracy per class, runs side by side")))
+            sections.append(("Per-class accuracy", html.figure(classes, "test accuracy per class, runs side by side")))
         if any("val_top1" in record for run in self.runs for record in run.history):
-            sections.append(("Validation curves", _figure(plot_validation(self.runs), "validation top-1 and loss per epoch")))
+            figure = plot_validation_runs({run.label: run.history for run in self.runs})
+            sections.append(("Validation curves", html.figure(figure, "validation top-1 and loss per epoch")))
         config_body = f"<p>{html.escape(self.config_note())}</p>"
         if self.config_differences:
             config_body += html.table(self.config_grid())
@@ -272,14 +232,7 @@ class Comparison:
         return html.write_page(path, document)
 
 
-def _figure(fig, caption: str) -> str:
-    try:
-        return html.figure(fig, caption)
-    finally:
-        plt.close(fig)
-
-
-def plot_accuracy(runs: Sequence[RunInfo]):
+def plot_accuracy(runs: Sequence[RunInfo]) -> Figure:
     """Test top-1 and top-5 bars per run, with each run's reported reference as a marker when it has one."""
     x = np.arange(len(runs))
     top1 = [100 * (run.results.get("test") or {}).get("top1", 0.0) for run in runs]
@@ -302,7 +255,7 @@ def plot_accuracy(runs: Sequence[RunInfo]):
     return fig
 
 
-def plot_per_class(runs: Sequence[RunInfo]):
+def plot_per_class(runs: Sequence[RunInfo]) -> Figure | None:
     """Grouped bars of test accuracy per class, or None when the runs do not share their classes."""
     per_class = [(run.results.get("test") or {}).get("per_class") for run in runs]
     if not all(per_class) or any(list(p) != list(per_class[0]) for p in per_class):
@@ -322,23 +275,6 @@ def plot_per_class(runs: Sequence[RunInfo]):
     return fig
 
 
-def plot_validation(runs: Sequence[RunInfo]):
-    """Validation top-1 and loss per epoch, one line per run."""
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for run in runs:
-        val = [r for r in run.history if "val_top1" in r]
-        ax_acc.plot([r["epoch"] for r in val], [100 * r["val_top1"] for r in val], marker="o", label=run.label)
-        ax_loss.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], marker="o", label=run.label)
-    for ax, label in ((ax_acc, "val top-1 (%)"), (ax_loss, "val loss")):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def compare_runs(paths: Sequence[str | Path], *, include_expected: bool = False) -> Comparison:
     """Read two or more finished run folders and find what differs: metrics, config keys (without name and output_dir
     unless include_expected) and environment."""
@@ -351,6 +287,7 @@ def compare_runs(paths: Sequence[str | Path], *, include_expected: bool = False)
             for (folder, results, config, environment, history), label in zip(loaded, labels)]
     flat_configs = [flatten(run.config) for run in runs]
     ignore = [] if include_expected else [k for k in EXPECTED_TO_DIFFER if any(k in flat for flat in flat_configs)]
-    config_differences, config_equal = differing(flat_configs, ignore)
+    config_differences, config_equal = differing_values([{k: v for k, v in flat.items() if k not in ignore}
+                                                         for flat in flat_configs])
     environment, packages = environment_differences([run.environment for run in runs])
     return Comparison(runs, metric_rows(runs), config_differences, config_equal, ignore, environment, packages)

@@ -5,27 +5,29 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from reprocls.config import ConfigError, ReferenceConfig, RunConfig, dump, to_dict  # noqa: E402
+from reprocls.config import ConfigError, RunConfig, dump, flatten, to_dict  # noqa: E402
+from reprocls.data.datasets import split_seed  # noqa: E402
 from reprocls.engine.checkpoint import newest_valid  # noqa: E402
+from reprocls.envinfo import environment_differences  # noqa: E402
 from reprocls.experiments import html  # noqa: E402
-from reprocls.experiments.compare import environment_differences  # noqa: E402
-from reprocls.experiments.report import format_grid, markdown_table  # noqa: E402
-from reprocls.experiments.resume import CHECKPOINTS, experiment_keys, flatten  # noqa: E402
+from reprocls.experiments.report import format_grid, markdown_table, plot_validation_runs, read_history  # noqa: E402
+from reprocls.experiments.resume import CHECKPOINTS, experiment_keys  # noqa: E402
 from reprocls.experiments.run import train_recipe  # noqa: E402
+from reprocls.experiments.verdict import NOISE_RULE, describe, judge, noise_formula, points  # noqa: E402
+from reprocls.files import atomic_write_json  # noqa: E402
 
 RECIPE_FILE = "recipe.yaml"
 SUMMARY_FILE = "reproduction.json"
@@ -33,20 +35,6 @@ MARKDOWN_FILE = "reproduction.md"
 REPORT_FILE = "report.html"
 SEEDS_DIR = "seeds"
 DEFAULT_SEEDS = 3
-NOISE_STDS = 2.0
-# Float slack for the verdict's comparisons, so a mean exactly at a boundary is not judged by rounding error.
-BOUNDARY_EPS = 1e-9
-NOISE_RULE = (f"within noise: the mean misses reference - tolerance, but reference - mean <= {NOISE_STDS:g} x the sample "
-              "std over seeds (ddof=1). A reported number is usually one training run, so it carries about one std of "
-              f"seed noise itself; a single run lands within {NOISE_STDS:g} std of the mean about 95 % of the time. The "
-              "95 % confidence interval of the mean is not used: it narrows with more seeds and would call a paper's "
-              "lucky single run 'short'.")
-
-# Two-sided 95 % Student t quantiles t(0.975, df) for df = 1..30; larger df use a Cornish-Fisher expansion.
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-Z_975 = 1.959964
-
 # (key, label) of every statistic over seeds, read from each seed's results.json by seed_metrics.
 METRICS = (("test_top1", "test top-1"), ("test_top5", "test top-5"), ("test_loss", "test loss"), ("val_top1", "val top-1"),
            ("train_time_s", "train time"), ("images_per_s", "img/s"))
@@ -54,73 +42,6 @@ ACCURACIES = ("test_top1", "test_top5", "val_top1")
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-
-
-def t_quantile_975(df: int) -> float:
-    """t(0.975, df) without scipy: the table up to 30 degrees of freedom, within 1e-3 beyond."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(T_975):
-        return T_975[df - 1]
-    z = Z_975
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-
-
-def describe(values: Sequence[float]) -> dict[str, Any]:
-    """n, mean, sample std (ddof=1), 95 % Student t interval of the mean, min and max; std and interval are None for
-    one value, since one seed says nothing about the spread."""
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        raise ValueError("describe needs at least one value")
-    mean = float(data.mean())
-    stats: dict[str, Any] = {"n": int(data.size), "mean": mean, "std": None, "ci95": None, "min": float(data.min()),
-                             "max": float(data.max()), "values": data.tolist()}
-    if data.size >= 2:
-        std = float(data.std(ddof=1))
-        half_width = t_quantile_975(data.size - 1) * std / math.sqrt(data.size)
-        stats.update(std=std, ci95=[mean - half_width, mean + half_width])
-    else:
-        stats["note"] = "one seed: std and confidence interval are undefined; run more seeds"
-    return stats
-
-
-def _points(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
-def judge(values: Sequence[float], reference: ReferenceConfig | None) -> dict[str, Any]:
-    """Verdict on per-seed test top-1 fractions against the paper's number: 'reproduced' when the mean reaches
-    reference.top1 - reference.tolerance; 'within noise' when it does not, but reference.top1 - mean <= 2 x the sample
-    std over seeds (see NOISE_RULE for why not the confidence interval); 'short' otherwise (always with one seed);
-    'no reference' without a reference block. The text spells out every number it was decided on."""
-    stats = describe(values)
-    n, mean, std = stats["n"], stats["mean"], stats["std"]
-    spread = (f"mean {_points(mean)} ± {_points(std)} % over {n} seeds" if std is not None
-              else f"{_points(mean)} % from 1 seed, std undefined")
-    verdict: dict[str, Any] = {"n": n, "mean": mean, "std": std, "ci95": stats["ci95"], "rule": NOISE_RULE,
-                               "reference": None, "gap": None, "short_by": None, "noise": None}
-    if reference is None:
-        return {**verdict, "status": "no reference", "tone": "warn",
-                "text": f"no reference: {spread}; add a reference: block (source, top1, tolerance) to the recipe to judge it"}
-    gap = mean - reference.top1
-    noise = NOISE_STDS * std if std is not None else None
-    source = reference.source or "(no source given)"
-    versus = f"{spread} vs {_points(reference.top1)} % reported by {source}"
-    verdict.update(reference={"source": reference.source, "top1": reference.top1, "tolerance": reference.tolerance},
-                   gap=gap, short_by=max(0.0, -gap), noise=noise)
-    if mean >= reference.top1 - reference.tolerance - BOUNDARY_EPS:
-        return {**verdict, "status": "reproduced", "tone": "good",
-                "text": f"reproduced: {versus}; gap {100 * gap:+.2f} points, within the {_points(reference.tolerance)}-point "
-                        "tolerance"}
-    if noise is not None and -gap <= noise + BOUNDARY_EPS:
-        return {**verdict, "status": "within noise", "tone": "warn",
-                "text": f"within noise: short by {_points(-gap)} points ({versus}); more than the "
-                        f"{_points(reference.tolerance)}-point tolerance, but within {NOISE_STDS:g} x std = "
-                        f"{_points(noise)} points of seed-to-seed noise"}
-    why = (f"the gap exceeds both the {_points(reference.tolerance)}-point tolerance and {NOISE_STDS:g} x std = "
-           f"{_points(noise)} points of seed noise" if noise is not None
-           else "one seed gives no noise estimate; run more seeds to tell noise from a real gap")
-    return {**verdict, "status": "short", "tone": "bad", "text": f"short by {_points(-gap)} points ({versus}); {why}"}
 
 
 def seed_metrics(results: dict[str, Any]) -> dict[str, float | None]:
@@ -143,6 +64,7 @@ def statistics(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def format_value(key: str, value: float | None) -> str:
+    """One metric in its unit (accuracies in %, loss to 4 decimals, seconds, img/s), so every table reads the same."""
     if value is None:
         return "—"
     if key in ACCURACIES:
@@ -188,16 +110,10 @@ def seed_rows(records: list[dict[str, Any]]) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------------- the folder
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    """Through a temporary file, so an interrupted reproduction never leaves half a summary."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
-    temporary.replace(path)
-
-
 def recipe_differences(saved: dict[str, Any], config: RunConfig) -> list[str]:
     """Keys where `config` trains something else than the reproduction's saved recipe, or judges it against another
-    reference. The seed, name, output folder and the keys a resume may change (data.root, threads, ...) may differ."""
+    reference. The seed, name, output folder and the keys a resume may change (data.root, threads, ...) may differ,
+    but a seed that moves the pinned data.split_seed is named, since the seeds would be scored on other images."""
     def comparable(raw: dict[str, Any]) -> dict[str, Any]:
         keys = {k: v for k, v in experiment_keys(raw).items() if k != "seed"}
         keys.update(flatten({"reference": raw.get("reference")}))
@@ -243,6 +159,14 @@ def open_resumed(folder: Path, config: RunConfig, out: str | Path | None) -> tup
     return saved, previous
 
 
+def pin_split(config: RunConfig) -> RunConfig:
+    """The recipe with data.split_seed fixed (its own, else its seed), so every seed is scored on the same val/test
+    images and the std over seeds is training noise, not data-split noise."""
+    pinned = copy.deepcopy(config)
+    pinned.data.split_seed = split_seed(config.data, config.seed)
+    return pinned
+
+
 def seed_config(config: RunConfig, name: str, seed: int, folder: Path) -> RunConfig:
     """The recipe for one seed: its own seed, name and output folder under seeds/."""
     copied = copy.deepcopy(config)
@@ -276,12 +200,13 @@ def reproduce(config: RunConfig, *, seeds: int | None = None, first_seed: int | 
               resume: str | Path | None = None, progress: bool = True, echo: bool = True) -> dict[str, Any]:
     """Train `config` once per seed (first_seed, first_seed + 1, ...) into one reproduction folder and judge the mean
     test top-1 against config.reference. With `resume`, finished seeds are kept, checkpointed ones continued and the
-    rest trained; seeds/first_seed default to the interrupted plan there (else 3 seeds from 0). Returns the summary
-    that reproduction.json holds."""
+    rest trained; seeds/first_seed default to the interrupted plan there (else 3 seeds from 0). Every seed uses the
+    recipe's data split (pin_split). Returns the summary that reproduction.json holds."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("reprocls reproduce trains its seeds one after another in one process; run it without torchrun "
                           "(or run `reprocls train` under torchrun once per seed and compare the runs)")
     say = print if echo else (lambda *a, **k: None)
+    config = pin_split(config)
     previous: dict[str, Any] = {}
     if resume is not None:
         folder = Path(resume)
@@ -297,7 +222,10 @@ def reproduce(config: RunConfig, *, seeds: int | None = None, first_seed: int | 
     if count < 1:
         raise ConfigError(f"--seeds {count}: a reproduction needs at least one seed (three or more give a useful std)")
     plan = list(range(start, start + count))
-    say(f"reproduction folder: {folder}  ({count} seed(s): {', '.join(map(str, plan))})")
+    say(f"reproduction folder: {folder}  ({count} seed(s): {', '.join(map(str, plan))}; {split_note(config.data.split_seed)})")
+    # The plan goes to disk before any training, so a --resume without flags continues it even if the first seed is cut.
+    kept = [record for record in previous.get("runs", []) if record["seed"] in plan]
+    atomic_write_json(folder / SUMMARY_FILE, build_summary(folder, name, config, plan, kept))
 
     records: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -307,7 +235,7 @@ def reproduce(config: RunConfig, *, seeds: int | None = None, first_seed: int | 
                               say=lambda text: say(f"[seed {seed}, {index}/{count}] {text}"))
             records.append(record)
             summary = build_summary(folder, name, config, plan, records)
-            _write_json(folder / SUMMARY_FILE, summary)
+            atomic_write_json(folder / SUMMARY_FILE, summary)
     except KeyboardInterrupt:
         say(f"\ninterrupted after {len(records)} of {count} seed(s); continue with: reprocls reproduce RECIPE --resume {folder}")
         raise
@@ -319,7 +247,8 @@ def reproduce(config: RunConfig, *, seeds: int | None = None, first_seed: int | 
     return summary
 
 
-def run_seed(config: RunConfig, name: str, seed: int, folder: Path, *, progress: bool, echo: bool, say) -> dict[str, Any]:
+def run_seed(config: RunConfig, name: str, seed: int, folder: Path, *, progress: bool, echo: bool,
+             say: Callable[[str], None]) -> dict[str, Any]:
     """Keep a finished run of this seed, continue a checkpointed one, or train it; returns its record."""
     recipe = seed_config(config, name, seed, folder)
     runs = seed_runs(folder, name, seed)
@@ -338,12 +267,12 @@ def run_seed(config: RunConfig, name: str, seed: int, folder: Path, *, progress:
 
 
 def build_summary(folder: Path, name: str, config: RunConfig, plan: list[int], records: list[dict[str, Any]]) -> dict[str, Any]:
-    """What reproduction.json holds after each finished seed."""
+    """What reproduction.json holds: the plan before any seed finished (no statistics, no verdict), then after each."""
     stats = statistics(records)
-    return {"name": name, "folder": str(folder), "recipe": RECIPE_FILE, "seeds": plan, "finished": len(records),
-            "complete": len(records) == len(plan), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "runs": records, "statistics": stats,
-            "verdict": judge(stats["test_top1"]["values"], config.reference),
+    return {"name": name, "folder": str(folder), "recipe": RECIPE_FILE, "seeds": plan, "first_seed": plan[0],
+            "split_seed": config.data.split_seed, "finished": len(records), "complete": len(records) == len(plan),
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": records, "statistics": stats,
+            "verdict": judge(stats["test_top1"]["values"], config.reference) if records else None,
             "reference": to_dict(config.reference) if config.reference is not None else None,
             "noise_rule": NOISE_RULE, "environment": environment_summary(folder, records)}
 
@@ -352,11 +281,21 @@ def build_summary(folder: Path, name: str, config: RunConfig, plan: list[int], r
 
 
 def load_summary(folder: str | Path) -> dict[str, Any]:
+    """reproduction.json of a folder with at least one finished seed, since the reports need numbers to show."""
     path = Path(folder) / SUMMARY_FILE
     if not path.exists():
         raise FileNotFoundError(f"{folder} has no {SUMMARY_FILE}: pass a folder written by reprocls reproduce after at "
                                 "least one seed finished")
-    return json.loads(path.read_text())
+    summary = json.loads(path.read_text())
+    if not summary["finished"]:
+        raise FileNotFoundError(f"{folder}: no seed has finished yet (planned: {summary['seeds']}); train them with "
+                                f"reprocls reproduce RECIPE --resume {folder}")
+    return summary
+
+
+def split_note(split: int) -> str:
+    """Why the std over seeds is training noise only: every seed run pins the same data split."""
+    return f"every seed is evaluated on the same images (data.split_seed: {split})"
 
 
 def progress_note(summary: dict[str, Any]) -> str:
@@ -372,7 +311,8 @@ def write_reproduction_markdown(folder: str | Path) -> Path:
     folder = Path(folder)
     summary = load_summary(folder)
     verdict = summary["verdict"]
-    lines = [f"# Reproduction of {summary['name']}", "", f"**{verdict['text']}**", ""]
+    lines = [f"# Reproduction of {summary['name']}", "", f"**{verdict['text']}**", "",
+             f"{split_note(summary['split_seed']).capitalize()}.", ""]
     if progress_note(summary):
         lines += [f"_{progress_note(summary)}_", ""]
     lines += ["## Over seeds", "", markdown_table(statistics_rows(summary["statistics"])),
@@ -391,41 +331,14 @@ def rule_text(summary: dict[str, Any]) -> str:
     if reference is None:
         return "The recipe has no reference: block, so there is no number to judge against."
     threshold = reference["top1"] - reference["tolerance"]
-    noise = (f"{NOISE_STDS:g} x std = {_points(verdict['noise'])} points" if verdict["noise"] is not None
-             else "undefined with one seed")
-    return (f"reproduced if mean >= reference - tolerance = {_points(reference['top1'])} - "
-            f"{_points(reference['tolerance'])} = {_points(threshold)} %; here the mean is {_points(verdict['mean'])} %. "
-            f"Otherwise within noise if reference - mean = {_points(-verdict['gap'])} points <= {noise}; otherwise short. "
+    noise = (noise_formula(verdict["n"], verdict["std"]) if verdict["std"] is not None else "undefined with one seed")
+    return (f"reproduced if mean >= reference - tolerance = {points(reference['top1'])} - "
+            f"{points(reference['tolerance'])} = {points(threshold)} %; here the mean is {points(verdict['mean'])} %. "
+            f"Otherwise within noise if reference - mean = {points(-verdict['gap'])} points <= {noise}; otherwise short. "
             f"{NOISE_RULE}")
 
 
-def _seed_histories(folder: Path, runs: list[dict[str, Any]]) -> dict[int, list[dict]]:
-    histories = {}
-    for record in runs:
-        path = folder / record["run"] / "metrics.jsonl"
-        if path.exists():
-            histories[record["seed"]] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return histories
-
-
-def plot_validation_curves(histories: dict[int, list[dict]]):
-    """Validation top-1 and loss per epoch, one line per seed, so a seed that diverged stands out."""
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for seed, history in histories.items():
-        val = [r for r in history if "val_top1" in r]
-        ax_acc.plot([r["epoch"] for r in val], [100 * r["val_top1"] for r in val], marker="o", label=f"seed {seed}")
-        ax_loss.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], marker="o", label=f"seed {seed}")
-    for ax, label in ((ax_acc, "val top-1 (%)"), (ax_loss, "val loss")):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_seed_accuracy(summary: dict[str, Any]):
+def plot_seed_accuracy(summary: dict[str, Any]) -> Figure:
     """Each seed's test top-1 as a point, the mean with a ±std band, and the paper's number with its tolerance band."""
     runs, verdict = summary["runs"], summary["verdict"]
     seeds = [r["seed"] for r in runs]
@@ -467,7 +380,7 @@ def per_class_statistics(folder: Path, runs: list[dict[str, Any]]) -> list[tuple
     return rows
 
 
-def plot_per_class(rows: list[tuple[str, float, float | None]]):
+def plot_per_class(rows: list[tuple[str, float, float | None]]) -> Figure:
     """Per-class test accuracy: mean over seeds as bars, ±std as error bars."""
     names = [name for name, _, _ in rows]
     means = [100 * mean for _, mean, _ in rows]
@@ -483,13 +396,6 @@ def plot_per_class(rows: list[tuple[str, float, float | None]]):
     return fig
 
 
-def _figure(fig, caption: str) -> str:
-    try:
-        return html.figure(fig, caption)
-    finally:
-        plt.close(fig)
-
-
 def write_reproduction_report(folder: str | Path) -> Path:
     """report.html, one self-contained file: verdict, statistics, seeds, curves, per-class accuracy, recipe, environment."""
     folder = Path(folder)
@@ -499,28 +405,29 @@ def write_reproduction_report(folder: str | Path) -> Path:
     reference = verdict["reference"]
     headline = [("test top-1", format_spread("test_top1", top1)), ("seeds", f"{summary['finished']} of {len(summary['seeds'])}")]
     if top1["ci95"] is not None:
-        headline.append(("95 % CI", f"{_points(top1['ci95'][0])} – {_points(top1['ci95'][1])} %"))
+        headline.append(("95 % CI", f"{points(top1['ci95'][0])} – {points(top1['ci95'][1])} %"))
     if reference is not None:
-        headline.append(("reported", f"{_points(reference['top1'])} % ± {_points(reference['tolerance'])}"))
+        headline.append(("reported", f"{points(reference['top1'])} % ± {points(reference['tolerance'])}"))
         headline.append(("gap", f"{100 * verdict['gap']:+.2f} points"))
     intro = html.verdict(verdict["text"], verdict["tone"])
     if progress_note(summary):
         intro += html.verdict(progress_note(summary), "warn")
-    intro += html.cards(headline)
+    intro += html.cards(headline) + html.paragraph(f"{split_note(summary['split_seed'])}, so the std over seeds is "
+                                                   "training noise, not a different test sample per seed.")
 
     sections = [("Over seeds", html.table(statistics_rows(stats), numeric_columns=(1, 2, 3, 4, 5))),
                 ("Seeds", html.table(seed_rows(summary["runs"]), numeric_columns=tuple(range(3, 3 + len(METRICS))))),
-                ("Test top-1 per seed", _figure(plot_seed_accuracy(summary), "each seed's test top-1; the mean with a "
-                                                "±std band; the reported number with its tolerance band below it"))]
-    histories = _seed_histories(folder, summary["runs"])
+                ("Test top-1 per seed", html.figure(plot_seed_accuracy(summary), "each seed's test top-1; the mean with "
+                                                    "a ±std band; the reported number with its tolerance band below it"))]
+    histories = {f"seed {record['seed']}": read_history(folder / record["run"]) for record in summary["runs"]}
     if any("val_top1" in r for history in histories.values() for r in history):
-        sections.append(("Validation curves", _figure(plot_validation_curves(histories), "validation top-1 and loss per "
-                                                      "epoch, one line per seed")))
+        sections.append(("Validation curves", html.figure(plot_validation_runs(histories), "validation top-1 and loss "
+                                                          "per epoch, one line per seed")))
     classes = per_class_statistics(folder, summary["runs"])
     if classes:
         rows = [["class", "mean", "std"]] + [[name, f"{100 * mean:.2f} %", "—" if std is None else f"{100 * std:.2f}"]
                                              for name, mean, std in classes]
-        sections.append(("Per-class accuracy", _figure(plot_per_class(classes), "test accuracy per class over seeds")
+        sections.append(("Per-class accuracy", html.figure(plot_per_class(classes), "test accuracy per class over seeds")
                          + html.table(rows, numeric_columns=(1, 2))))
     sections.append(("How the verdict is decided", f"<p>{html.escape(rule_text(summary))}</p>"))
     recipe = (folder / RECIPE_FILE).read_text() if (folder / RECIPE_FILE).exists() else "(recipe.yaml missing)"
