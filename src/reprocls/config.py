@@ -65,6 +65,7 @@ class DataConfig:
     val_fraction: float = opt(0.1, "share of the training set held out for validation, stratified and seeded (0: none)", **fraction)
     split: list[float] = opt([0.7, 0.2, 0.1], "image_folder: train/val/test ratios of the stratified split")
     split_file: str | None = opt(None, "image_folder: reuse the splits.json of an earlier run instead of computing one")
+    split_seed: int | None = opt(None, "seed of the train/val/test split and of limit_* subsets; null: follow `seed`")
     on_bad_image: Literal["error", "skip"] = opt("error", "image_folder: undecodable files (corrupt, truncated, bombs) stop the run before training (error) or are left out and listed (skip)")
     image_size: int | None = opt(None, "image side in pixels; null keeps the dataset's native size (224 for image_folder)")
     channels: int | None = opt(None, "image channels: null keeps the dataset's (1 MNIST, 3 CIFAR/folders); 1 makes grey, 3 RGB", check=lambda v: v in (1, 3), rule="1 or 3")

@@ -324,9 +324,15 @@ def _convert_channels(split: Split | None, channels: int) -> Split | None:
     return TensorSplit(grey, split.labels)
 
 
+def split_seed(data: DataConfig, seed: int) -> int:
+    """The seed of the train/val/test split and the limit_* subsets: data.split_seed when set, else the run's seed."""
+    return data.split_seed if data.split_seed is not None else seed
+
+
 def load_dataset(data: DataConfig, seed: int) -> DatasetSplits:
-    """The named dataset with the recipe's normalisation and size overrides applied."""
-    splits = DATASETS.get(data.name)(data, seed)
+    """The named dataset with the recipe's normalisation and size overrides applied; `seed` (the run's) draws the
+    splits unless data.split_seed pins them, so runs that differ only in seed can be scored on the same images."""
+    splits = DATASETS.get(data.name)(data, split_seed(data, seed))
     if data.channels is not None and data.channels != splits.in_chans:
         splits.train, splits.val, splits.test = (_convert_channels(s, data.channels) for s in (splits.train, splits.val, splits.test))
         grey_to_rgb = data.channels == 3

@@ -33,6 +33,7 @@ from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.experiments.report import format_table, results_table, write_report
 from reprocls.experiments.html_report import write_run_html
 from reprocls.experiments.mistakes import RecordingModel, save_test_mistakes
+from reprocls.experiments.verdict import judge
 from reprocls.metrics.mistakes import PredictionLog
 from reprocls.models import MODELS, create_model, warn_if_input_too_small
 from reprocls.registry import suggest
@@ -154,13 +155,14 @@ def eval_result_dict(result: EvalResult, classes: list[str]) -> dict[str, Any]:
 
 
 def reference_gap(config: RunConfig, test_top1: float) -> dict[str, Any] | None:
-    """Gap between our test top-1 and the paper's, and whether that counts as reproduced."""
+    """Gap between our test top-1 and the paper's, judged by the same rule as `reprocls reproduce` (one run: reproduced
+    or short), so a run and a reproduction never disagree on the words."""
     ref = config.reference
     if ref is None:
         return None
-    gap = test_top1 - ref.top1
-    verdict = "reproduced" if gap >= -ref.tolerance else f"short by {100 * -gap:.2f} points"
-    return {"source": ref.source, "top1": ref.top1, "tolerance": ref.tolerance, "gap": gap, "verdict": verdict}
+    verdict = judge([test_top1], ref)
+    return {"source": ref.source, "top1": ref.top1, "tolerance": ref.tolerance, "gap": verdict["gap"],
+            "verdict": verdict["label"], "text": verdict["text"]}
 
 
 @dataclass
