@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from reprocls.config import ConfigError, RunConfig
 from reprocls.data import DATASETS, DatasetSplits, FileSplit, TensorSplit, make_loader
 from reprocls.data.check import find_unusable
-from reprocls.data.datasets import IMAGENET_MEAN, IMAGENET_STD, KNOWN_FACTS, DatasetFacts, scan_image_folder
+from reprocls.data.datasets import IMAGENET_MEAN, IMAGENET_STD, KNOWN_FACTS, DatasetFacts, scan_image_folder, split_seed
 from reprocls.data.loaders import DeviceLoader, Loader
 from reprocls.data.splits import stratified_split
 from reprocls.data.stats import channel_stats
@@ -67,7 +67,7 @@ class Context:
     @cached_property
     def native_splits(self) -> DatasetSplits:
         """A user-registered dataset as its loader returns it, before the recipe's overrides: only they need loading."""
-        return DATASETS.get(self.config.data.name)(self.config.data, self.config.seed)
+        return DATASETS.get(self.config.data.name)(self.config.data, split_seed(self.config.data, self.config.seed))
 
     @cached_property
     def folder(self) -> tuple[Path, list[str], list[tuple[str, int]]]:
@@ -140,7 +140,7 @@ class Context:
         """image_folder: (mean, std, images) measured on a seeded sample of the training split; None if none decode."""
         root, _, samples = self.folder
         labels = np.array([label for _, label in samples])
-        train = stratified_split(labels, list(self.config.data.split), self.config.seed)[0]
+        train = stratified_split(labels, list(self.config.data.split), split_seed(self.config.data, self.config.seed))[0]
         rng = np.random.default_rng(self.config.seed)
         chosen = rng.choice(train, size=min(STATS_SAMPLE, len(train)), replace=False) if len(train) else []
         paths = [root / samples[i][0] for i in sorted(chosen)]
