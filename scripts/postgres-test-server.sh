@@ -62,7 +62,11 @@ start() {
          -o "-h 127.0.0.1 -p $port -k $data/socket -c fsync=off -c full_page_writes=off" start >/dev/null; then
       echo "$port" >"$dir/port"
       trap - EXIT  # running: from here on `stop` cleans up
-      as_server_user "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$database"
+      if ! as_server_user "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres "$database"; then
+        echo "createdb $database failed; stopping the server" >&2
+        stop
+        exit 1
+      fi
       echo "postgresql+psycopg://postgres@127.0.0.1:$port/$database" | tee "$dir/url"
       return 0
     fi

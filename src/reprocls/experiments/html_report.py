@@ -29,7 +29,7 @@ def write_html_report(target: str | Path) -> Path:
     folder = Path(target)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; pass {FOLDER_KINDS}")
-    if (folder / "study.json").exists():
+    if (folder / "study.json").exists() or (folder / "study.db").exists():  # study.db alone: a running or killed study
         from reprocls.experiments.tune import write_study_report
 
         return Path(write_study_report(folder))

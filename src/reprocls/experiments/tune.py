@@ -20,12 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import optuna  # noqa: E402
 import sqlalchemy  # noqa: E402
@@ -34,13 +35,17 @@ import yaml  # noqa: E402
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,  # noqa: E402
                                   IntDistribution, distribution_to_json, json_to_distribution)
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError  # noqa: E402
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials  # noqa: E402
+from optuna.storages import RDBStorage, fail_stale_trials  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from reprocls.config import ConfigError, RunConfig, build, describe_keys, load_config, read_recipe, validate  # noqa: E402
+from reprocls.config import (ConfigError, RunConfig, build, describe_keys, get_key, load_config, read_recipe,  # noqa: E402
+                             set_key, to_dict, validate)
+from reprocls.engine.checkpoint import newest_valid  # noqa: E402
 from reprocls.experiments import html  # noqa: E402
-from reprocls.experiments.report import format_grid  # noqa: E402
+from reprocls.experiments.report import format_grid, plot_validation_runs, read_history  # noqa: E402
+from reprocls.experiments.resume import CHECKPOINTS, check_same_experiment  # noqa: E402
 from reprocls.experiments.run import check_names, train_recipe  # noqa: E402
+from reprocls.files import atomic_write_json, atomic_write_text  # noqa: E402
 from reprocls.registry import suggest  # noqa: E402
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -51,6 +56,7 @@ MAX_RETRIES = 3  # a point whose process keeps dying is given up after this many
 POLL_S = 2.0  # how often a worker with nothing left to start checks whether the others' trials ended
 HOST = socket.gethostname()
 FREE_FORM = "model.kwargs."  # builder arguments: any name, typed by the values given
+GREY = "#8a8f98"  # trials that did not finish, in the plots
 OBJECTIVE = "validation top-1 of the trial's final weights (the test split plays no part in the choice)"
 
 
@@ -79,6 +85,7 @@ def parse_space(raw: Any, source: str = "search space") -> dict[str, BaseDistrib
 
 
 def _without_none(hint: Any) -> Any:
+    """`X | None` -> X, so an optional key is searched as the type it holds when set."""
     if typing.get_origin(hint) in (Union, types.UnionType):
         args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         return args[0] if len(args) == 1 else hint
@@ -102,33 +109,14 @@ def key_type(key: str, source: str = "search space") -> Any:
     return node
 
 
-def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set a dotted key in a raw (not yet validated) recipe mapping, creating sections on the way."""
-    node = raw
-    *sections, leaf = key.split(".")
-    for section in sections:
-        if node.get(section) is None:
-            node[section] = {}
-        if not isinstance(node[section], dict):
-            raise ConfigError(f"{key}: {section!r} holds {node[section]!r} in the recipe, not a section")
-        node = node[section]
-    node[leaf] = value
-
-
-def get_key(config: Any, key: str) -> Any:
-    for part in key.split("."):
-        config = config[part] if isinstance(config, dict) else getattr(config, part)
-    return config
-
-
 def check_value(key: str, value: Any, source: str) -> Any:
     """One candidate value checked (and coerced, e.g. 1 -> 1.0 for a float key) by the recipe schema itself."""
     if key.startswith(FREE_FORM):
         return value
     raw: dict[str, Any] = {}
-    set_key(raw, key, value)
+    set_key(raw, key.split("."), value)
     try:
-        return get_key(build(RunConfig, raw), key)
+        return get_key(to_dict(build(RunConfig, raw)), key.split("."))
     except ConfigError as error:
         raise ConfigError(f"{source}: {key}: {value!r} cannot be tried ({error})") from None
 
@@ -225,6 +213,7 @@ def grid_points(space: dict[str, BaseDistribution]) -> dict[str, list[Any]]:
 
 
 def suggest_param(trial: optuna.Trial, key: str, distribution: BaseDistribution) -> Any:
+    """The trial's value for one key, drawn through the suggest call Optuna's samplers expect for its type."""
     if isinstance(distribution, CategoricalDistribution):
         return trial.suggest_categorical(key, distribution.choices)
     if isinstance(distribution, IntDistribution):
@@ -237,7 +226,7 @@ def trial_config(recipe: str | None, overrides: list[str], params: dict[str, Any
     """The recipe + overrides + a trial's parameters, validated like any recipe (a bad combination fails here)."""
     raw = read_recipe(recipe, overrides)
     for key, value in params.items():
-        set_key(raw, key, value)
+        set_key(raw, key.split("."), value)
     raw.update(output_dir=str(output_dir), name=name)
     config = build(RunConfig, raw)
     validate(config)
@@ -267,6 +256,7 @@ class SearchPlan:
     progress: bool
 
     def distributions(self) -> dict[str, BaseDistribution]:
+        """The space as this process suggests it (decoded from JSON, which is what crosses the spawn boundary)."""
         space = {key: json_to_distribution(text) for key, text in self.space.items()}
         if self.sampler == "grid":  # the grid sampler hands out values; suggest them as the choices they are
             return {key: CategoricalDistribution(values) for key, values in grid_points(space).items()}
@@ -294,12 +284,13 @@ def masked(url: str) -> str:
         return url
 
 
-def open_storage(url: str) -> RDBStorage:
-    """The study database with heartbeats on, so a trial whose machine died is failed and queued again."""
+def open_storage(url: str, folder: str | Path | None = None) -> RDBStorage:
+    """The study database with heartbeats on, so a trial whose machine died is failed and queued again (to resume
+    from its checkpoints under `folder`, when the run folder is on this machine)."""
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+                          heartbeat_stale_trial_callback=Requeue(folder))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
         raise ConfigError(f"--storage {masked(url)}: cannot open the study database ({str(error).splitlines()[0]}); "
                           "check the URL (e.g. postgresql+psycopg://user@host:5432/db) and that the server is "
@@ -307,6 +298,7 @@ def open_storage(url: str) -> RDBStorage:
 
 
 def make_sampler(plan: SearchPlan, worker_seed: int) -> optuna.samplers.BaseSampler:
+    """The --sampler by name, seeded so that workers draw different points (the grid alone is shuffled alike)."""
     if plan.sampler == "grid":
         return optuna.samplers.GridSampler(grid_points({k: json_to_distribution(v) for k, v in plan.space.items()}),
                                            seed=plan.seed)  # every process must shuffle the grid alike
@@ -316,11 +308,22 @@ def make_sampler(plan: SearchPlan, worker_seed: int) -> optuna.samplers.BaseSamp
 
 
 def make_pruner(name: str, epochs: int, trials: int) -> optuna.pruners.BasePruner:
-    """Median: the first fifth of the budget (at most 5 trials) and the first quarter of training are never judged."""
+    """Pruners that judge a trial only once its validation top-1 means something: after half of its training, and
+    (median) against the medians of a handful of complete trials."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=max(1, min(5, trials // 5)), n_warmup_steps=epochs // 4)
+        # Early validation top-1 is mostly noise: a warming-up schedule (onecycle, warmup_epochs) and large batches
+        # (fewer steps per epoch) leave good points behind at first. So epochs <= epochs // 2 are never judged (Optuna
+        # prunes from step == n_warmup_steps on, and our steps are 1-based epochs), and nothing is pruned until a
+        # third of the budget has completed: 2 complete trials at least (one is not a median), 5 at most (Optuna's
+        # default), so a long search still saves most of its pruned trials' time.
+        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, trials // 3)), n_warmup_steps=epochs // 2 + 1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+        # Its most aggressive bracket first judges at min_resource epochs: a third of training (past a onecycle
+        # warm-up, schedule.pct_start 0.25) and never epoch 1, for the reasons above. The reduction factor of 3 then
+        # leaves a second bracket that trains every trial to the end, as a hedge, once epochs >= 3 * min_resource.
+        most = max(epochs, 1)
+        return optuna.pruners.HyperbandPruner(min_resource=min(most, max(2, math.ceil(epochs / 3))), max_resource=most,
+                                              reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -364,15 +367,36 @@ def process_alive(pid: Any, started: Any) -> bool:
     return state not in ("Z", "X") and (started is None or start == started)
 
 
-def recover_orphans(study: optuna.Study, storage: RDBStorage) -> list[int]:
+class Requeue:
+    """Optuna's retry of a failed trial (at most MAX_RETRIES per point), except that the queued trial inherits no
+    ownership (host, pid: while it waits or starts it must not pass for a dead process's trial, which another worker
+    would fail and queue a second time) and names the killed trial's run folder, whose checkpoints it continues."""
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if len(history) > MAX_RETRIES:
+            return
+        kept = {key: value for key, value in trial.system_attrs.items()  # e.g. the grid point; not pruner rungs
+                if not key.startswith("completed_rung_") and key not in ("failed_trial", "retry_history")}
+        run_dir = trial.user_attrs.get("run_dir") or (find_run(self.folder, trial.user_attrs.get("run_name"))
+                                                      if self.folder is not None else None)
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={"resume_from": str(run_dir)} if run_dir else {},
+            system_attrs={**kept, "failed_trial": trial.number, "retry_history": history}))
+
+
+def recover_orphans(study: optuna.Study, storage: RDBStorage, folder: Path) -> list[int]:
     """Fail the RUNNING trials whose process on this host is gone and queue their parameters again; trials of
     other hosts are failed and queued by the heartbeat once they miss it for GRACE_S seconds."""
     fail_stale_trials(study)
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
     study_id = storage.get_study_id_from_name(study.study_name)
     requeued = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
+        attrs = trial.user_attrs  # a trial that has not yet stamped its own host and pid is never taken for dead
         if attrs.get("host") != HOST or process_alive(attrs.get("pid"), attrs.get("process_start")):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
@@ -382,22 +406,30 @@ def recover_orphans(study: optuna.Study, storage: RDBStorage) -> list[int]:
                 continue
         except UpdateFinishedTrialError:
             continue  # another process on this host got there first
-        retry(study, storage.get_trial(trial_id))
+        Requeue(folder)(study, storage.get_trial(trial_id))
         requeued.append(trial.number)
     return requeued
 
 
-def requeue_interrupted(study: optuna.Study) -> list[int]:
+def requeue_interrupted(study: optuna.Study, folder: Path) -> list[int]:
     """Queue again the points of trials stopped by Ctrl-C (Optuna marks them failed), once each."""
     trials = study.get_trials(deepcopy=False)
     retried = {number for trial in trials for number in trial.system_attrs.get("retry_history", [])}
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
     requeued = []
     for trial in trials:
         if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted") and trial.number not in retried:
-            retry(study, trial)
+            Requeue(folder)(study, trial)
             requeued.append(trial.number)
     return requeued
+
+
+def scored(record: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's validation as the objective judges it: the EMA weights' when they do at least as well as the raw
+    ones (what run.pick_weights keeps at the end), else the raw weights'."""
+    ema = record.get("val_ema_top1")
+    if ema is not None and ema >= record["val_top1"]:
+        return {"epoch": record["epoch"], "val_top1": ema, "val_loss": record.get("val_ema_loss", math.nan)}
+    return {"epoch": record["epoch"], "val_top1": record["val_top1"], "val_loss": record.get("val_loss", math.nan)}
 
 
 class BudgetReached(Exception):
@@ -416,9 +448,8 @@ class Objective:
         params = {key: suggest_param(trial, key, distribution) for key, distribution in self.space.items()}
         name = f"trial-{trial.number:04d}"
         stat = process_stat(os.getpid())
-        retried = {key: None for key in ("crashed", "interrupted") if key in trial.user_attrs}  # a retry's own record
         for key, value in {"host": HOST, "pid": os.getpid(), "process_start": stat[1] if stat else None,
-                           "run_name": name, "worker": self.worker, **retried}.items():
+                           "run_name": name, "worker": self.worker}.items():
             trial.set_user_attr(key, value)
         ahead = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number < trial.number and (spends_budget(t) or t.state == TrialState.RUNNING)]
@@ -430,8 +461,12 @@ class Objective:
             config = trial_config(self.plan.recipe, self.plan.overrides, params, output_dir=folder / "trials", name=name)
             if config.train.threads is None:
                 torch.set_num_threads(self.threads)
+            resume = self.resume_point(trial, config)
+            if resume is not None:
+                trial.set_user_attr("run_dir", str(resume))
             progress = self.plan.progress and self.plan.workers == 1 and sys.stderr.isatty()
             run_dir, results = train_recipe(config, progress=progress, echo=False,
+                                            resume=str(resume) if resume is not None else None,
                                             on_epoch=self.pruning_hook(trial, config.schedule.epochs))
             if results.get("val") is None:
                 raise ConfigError("the trial has no validation split to score; set data.val_fraction (or data.split) "
@@ -450,18 +485,40 @@ class Objective:
         return float(results["val"]["top1"])
 
     @staticmethod
+    def resume_point(trial: optuna.Trial, config: RunConfig) -> Path | None:
+        """The killed trial's run folder that this retry continues, when it holds a checkpoint of the same experiment
+        short of the end; its validated epochs are reported to this trial again, so the pruner sees the whole curve."""
+        source = trial.user_attrs.get("resume_from")
+        found = newest_valid(Path(source) / CHECKPOINTS) if source else None
+        if found is None:
+            return None
+        manifest = found[1]
+        try:
+            check_same_experiment(manifest["config"], config)
+        except ConfigError:
+            return None  # rerun with other overrides: the point is trained afresh under the current recipe
+        if manifest["epoch"] >= config.schedule.epochs:
+            return None  # killed after training, in the test pass: a resume would have no validation left to score
+        for record in read_history(Path(source)):
+            if record["epoch"] <= manifest["epoch"] and "val_top1" in record:
+                trial.report(scored(record)["val_top1"], record["epoch"])
+        return Path(source)
+
+    @staticmethod
     def record_run(trial: optuna.Trial, folder: Path, name: str) -> None:
+        """Note the run folder of a trial that ended early (a resumed retry has already noted the one it continues)."""
         run_dir = find_run(folder, name)
         if run_dir is not None:
             trial.set_user_attr("run_dir", str(run_dir))
 
     @staticmethod
-    def pruning_hook(trial: optuna.Trial, epochs: int):
-        """Report each epoch's validation top-1; stop the run when the pruner says so (never after the last epoch)."""
+    def pruning_hook(trial: optuna.Trial, epochs: int) -> Callable[[dict], None]:
+        """Report each epoch's validation top-1 (of the weights the objective would keep); stop the run when the
+        pruner says so (never after the last epoch)."""
         def on_epoch(record: dict) -> None:
             if "val_top1" not in record:
                 return
-            epoch, value = record["epoch"], record["val_top1"]
+            epoch, value = record["epoch"], scored(record)["val_top1"]
             trial.report(value, epoch)
             if epoch < epochs and trial.should_prune():
                 trial.set_user_attr("pruned_at_epoch", epoch)
@@ -475,7 +532,17 @@ class Objective:
         print(f"{prefix}{trial_line(trial)}  ({finished}/{self.plan.trials} done)", flush=True)
 
 
+def failure(trial: FrozenTrial) -> str:
+    """Why a failed trial failed; one failed by Optuna's heartbeat check (another process found it silent for
+    GRACE_S seconds) carries no note of its own, as a finished trial takes no more attributes."""
+    attrs = trial.user_attrs
+    if attrs.get("interrupted"):
+        return "interrupted"
+    return attrs.get("error") or attrs.get("crashed") or f"heartbeat lost (silent for over {GRACE_S} s)"
+
+
 def trial_line(trial: FrozenTrial) -> str:
+    """One finished trial for the terminal: outcome, parameters, duration."""
     params = "  ".join(f"{key}={format_value(value)}" for key, value in trial.params.items())
     took = f"{trial.duration.total_seconds():.0f} s" if trial.duration else ""
     attrs = trial.user_attrs
@@ -488,11 +555,12 @@ def trial_line(trial: FrozenTrial) -> str:
     elif attrs.get("surplus"):
         outcome = "not run: the budget was reached by other workers"
     else:
-        outcome = f"failed: {attrs.get('error') or attrs.get('crashed') or 'interrupted'}"
+        outcome = f"failed: {failure(trial)}"
     return f"trial {trial.number:>4}  {outcome}  {params}  {took}"
 
 
 def format_value(value: Any) -> str:
+    """A parameter value short enough for a table cell (floats to 4 significant digits)."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -505,10 +573,9 @@ def find_run(folder: Path, name: str | None) -> Path | None:
 
 
 def run_worker(plan: SearchPlan, worker: int = 0) -> None:
-    """One search process: start trials while the study is short of --trials, then wait until the trials of the
-    other workers have ended (one may die, which reopens the budget)."""
+    """One search process: start trials while the study is short of --trials, then wait for the other workers'."""
     with quiet_optuna():
-        storage = open_storage(plan.storage)
+        storage = open_storage(plan.storage, plan.folder)
         probe = optuna.load_study(study_name=plan.study, storage=storage)
         existing = len(probe.get_trials(deepcopy=False))
         study = optuna.load_study(study_name=plan.study, storage=storage,
@@ -525,7 +592,7 @@ def run_worker(plan: SearchPlan, worker: int = 0) -> None:
                 return
             else:
                 time.sleep(POLL_S)
-                recover_orphans(study, storage)
+                recover_orphans(study, storage, Path(plan.folder))  # a dead worker's trial reopens the budget
 
 
 def run_workers(plan: SearchPlan) -> None:
@@ -559,6 +626,9 @@ def tune(recipe: str | None, overrides: list[str] | tuple[str, ...] = (), *, spa
          progress: bool = True) -> dict[str, Any]:
     """Search `space` around a recipe; returns the study summary (also in <study folder>/study.json). Rerunning the
     same command resumes the study; the same --storage and --study on other machines add workers to it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("reprocls tune runs its trials one per process; start it without torchrun and run trials in "
+                          "parallel with --workers N (or several tune commands sharing one --storage)")
     overrides = list(overrides)
     base = load_config(recipe, overrides)
     check_names(base)
@@ -578,12 +648,13 @@ def tune(recipe: str | None, overrides: list[str] | tuple[str, ...] = (), *, spa
             print(f"note: the grid has {size} points; running each once instead of {trials} trials")
         trials = min(trials or size, size)
     elif trials is None:
-        raise ConfigError(f"--trials: how many trials in total (all workers and machines together)? e.g. --trials 20; "
-                          f"only --sampler grid has a natural size")
+        raise ConfigError("--trials: how many trials in total (all workers and machines together)? e.g. --trials 20; "
+                          "only --sampler grid has a natural size")
     if trials < 1:
         raise ConfigError(f"--trials {trials}: run at least one trial")
     name = study_name or base.name or "study"
     folder = (Path(out) if out else Path(base.output_dir) / f"{name}-study").resolve()
+    check_folder(folder, name)
     (folder / "trials").mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{folder / 'study.db'}"
     epochs = base.schedule.epochs
@@ -594,10 +665,10 @@ def tune(recipe: str | None, overrides: list[str] | tuple[str, ...] = (), *, spa
                       pruner=pruner, seed=seed, storage=url, study=name, folder=str(folder), trials=trials,
                       workers=workers, epochs=epochs, shared=storage is not None, progress=progress)
     with quiet_optuna():
-        store = open_storage(url)
+        store = open_storage(url, folder)
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
         check_study(study, plan)
-        requeued = recover_orphans(study, store) + requeue_interrupted(study)
+        requeued = recover_orphans(study, store, folder) + requeue_interrupted(study, folder)
         before = sum(spends_budget(t) for t in study.get_trials(deepcopy=False))
         threads = base.train.threads or max(1, (os.cpu_count() or 1) // workers)
         print(f"study {name!r} in {masked(url)}: {before} of {trials} trials done; sampler {sampler} (seed {seed}), "
@@ -609,19 +680,35 @@ def tune(recipe: str | None, overrides: list[str] | tuple[str, ...] = (), *, spa
         print(f"trial runs go to {folder / 'trials'}", flush=True)
         run_workers(plan)
         summary = summarize(study, folder, url)
-    (folder / "study.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_json(folder / "study.json", summary)  # `reprocls report` may read or rewrite it meanwhile
     if summary["best"] is not None:
         write_best_recipe(summary, recipe, overrides, folder / "best.yaml")
-    report = write_study_report(folder)
+    report = write_study_report(folder, summary)
     print("\n" + format_summary(summary))
     print(f"report: {report}")
     return summary
 
 
 def grid_points_or_bounds(distribution: BaseDistribution) -> list[Any]:
+    """The values a key's distribution can reach at its extremes (all of them for a list of choices)."""
     if isinstance(distribution, CategoricalDistribution):
         return list(distribution.choices)
     return [distribution.low, distribution.high]
+
+
+def check_folder(folder: Path, name: str) -> None:
+    """One study per folder: two would share study.db, study.json and report.html, and the report could not tell
+    which to show."""
+    found: set[str] = set()
+    if (folder / "study.db").exists():
+        with quiet_optuna():
+            found.update(optuna.get_all_study_names(open_storage(f"sqlite:///{folder / 'study.db'}")))
+    if (folder / "study.json").exists():
+        found.add(json.loads((folder / "study.json").read_text())["study"])
+    others = sorted(found - {name})
+    if others:
+        raise ConfigError(f"--out {folder} already holds study {others[0]!r}; continue that one with --study {others[0]}, "
+                          f"or give study {name!r} a folder of its own with another --out")
 
 
 def check_study(study: optuna.Study, plan: SearchPlan) -> None:
@@ -667,6 +754,7 @@ def summarize(study: optuna.Study, folder: Path, url: str) -> dict[str, Any]:
 
 
 def trial_row(trial: FrozenTrial, folder: Path) -> dict[str, Any]:
+    """One trial as study.json records it: plain values a report can be rebuilt from without the database."""
     attrs = trial.user_attrs
     state = "skipped" if attrs.get("surplus") else trial.state.name.lower().replace("fail", "failed")
     curve = sorted(trial.intermediate_values.items())
@@ -677,8 +765,7 @@ def trial_row(trial: FrozenTrial, folder: Path) -> dict[str, Any]:
         "pruned_at_epoch": attrs.get("pruned_at_epoch"), "curve": [[step, value] for step, value in curve],
         "run_dir": attrs.get("run_dir") or (str(found) if (found := find_run(folder, attrs.get("run_name"))) else None),
         "host": attrs.get("host"), "duration_s": trial.duration.total_seconds() if trial.duration else None,
-        "error": (attrs.get("error") or attrs.get("crashed") or ("interrupted" if attrs.get("interrupted") else None)
-                  if state == "failed" else None),
+        "error": failure(trial) if state == "failed" else None,
         "retry_of": trial.system_attrs.get("failed_trial"),
     }
 
@@ -705,19 +792,23 @@ def write_best_recipe(summary: dict[str, Any], recipe: str | None, overrides: li
     best = summary["best"]
     raw = read_recipe(recipe, overrides)
     for key, value in best["params"].items():
-        set_key(raw, key, value)
+        set_key(raw, key.split("."), value)
     raw["name"] = f"{summary['study']}-best"
+    base = f"the recipe {recipe}" if recipe is not None else "the schema's defaults (no recipe file)"
     header = [f"# Best trial of study {summary['study']!r}: trial {best['number']}, validation top-1 "
               f"{100 * best['value']:.2f} % ({summary['finished']} trials finished).",
-              f"# The recipe {recipe}" + (f" with {' '.join(overrides)}" if overrides else "")
+              f"# Built from {base}" + (f" with {' '.join(overrides)}" if overrides else "")
               + ", and the trial's parameters:",
               "#   " + ", ".join(f"{key}={value}" for key, value in best["params"].items()),
               f"# Train it: reprocls train {path}", ""]
-    temporary = path.with_name(f".{path.name}.tmp.yaml")
-    temporary.write_text("\n".join(header) + yaml.safe_dump(raw, sort_keys=False))
-    load_config(temporary)
-    temporary.replace(path)
-    return path
+    text = "\n".join(header) + yaml.safe_dump(raw, sort_keys=False)
+    check = path.with_name(f".{path.name}.check.yaml")
+    try:  # best.yaml must load like any recipe before it replaces the previous one
+        check.write_text(text)
+        load_config(check)
+    finally:
+        check.unlink(missing_ok=True)
+    return atomic_write_text(path, text)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -745,18 +836,22 @@ def format_summary(summary: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def load_summary(folder: Path) -> dict[str, Any]:
-    """The study's summary, fresh from study.db when the folder has one (study.json alone otherwise)."""
+def load_summary(folder: Path, study: str | None = None) -> dict[str, Any]:
+    """The study's summary, fresh from study.db when the folder has one (study.json alone otherwise); `study` names
+    the one to read where study.db holds several."""
     database = folder / "study.db"
     if database.exists():
         url = f"sqlite:///{database.resolve()}"
         with quiet_optuna():
             storage = open_storage(url)
             names = optuna.get_all_study_names(storage)
-            if len(names) != 1:
-                raise ConfigError(f"{database} holds {len(names)} studies ({', '.join(names)}); expected exactly one")
-            summary = summarize(optuna.load_study(study_name=names[0], storage=storage), folder.resolve(), url)
-        (folder / "study.json").write_text(json.dumps(summary, indent=2, default=str))
+            if study is None and len(names) == 1:
+                study = names[0]
+            if study not in names:
+                raise ConfigError(f"{database} holds the studies {', '.join(map(repr, names)) or '(none)'}; name the one "
+                                  f"to report: write_study_report({str(folder)!r}, study=NAME)")
+            summary = summarize(optuna.load_study(study_name=study, storage=storage), folder.resolve(), url)
+        atomic_write_json(folder / "study.json", summary)
         return summary
     if (folder / "study.json").exists():
         return json.loads((folder / "study.json").read_text())
@@ -781,7 +876,7 @@ def plot_history(rows: list[dict[str, Any]], path: Path) -> None:
         ax.step(xs, ys, where="post", color="#d9822b", label="best so far")
     if pruned:
         ax.scatter([r["number"] for r in pruned], [100 * r["last_val_top1"] for r in pruned], marker="x",
-                   color="#8a8f98", zorder=3, label="pruned (last validation)")
+                   color=GREY, zorder=3, label="pruned (last validation)")
     if not complete and not pruned:
         ax.text(0.5, 0.5, "no finished trials yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("trial")
@@ -796,6 +891,7 @@ def plot_history(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_importance(importance: dict[str, float], path: Path) -> None:
+    """One bar per searched key, the most important on top."""
     keys = sorted(importance, key=importance.get)
     fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(keys) + 1.2))
     ax.barh(keys, [importance[key] for key in keys], color="#4a7bd0")
@@ -806,52 +902,54 @@ def plot_importance(importance: dict[str, float], path: Path) -> None:
     plt.close(fig)
 
 
-def validation_curve(row: dict[str, Any]) -> list[tuple[int, float]]:
-    """Validation top-1 per epoch from the trial run's metrics.jsonl, or from the study when that folder is elsewhere."""
-    metrics = Path(row["run_dir"]) / "metrics.jsonl" if row["run_dir"] else None
-    if metrics is not None and metrics.exists():
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        return [(r["epoch"], r["val_top1"]) for r in records if "val_top1" in r]
-    return [(int(step), value) for step, value in row["curve"]]
+def trial_history(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A trial's validation per epoch as the objective scored it: from its run folder's metrics.jsonl (which has the
+    loss too), cut to the epochs the trial reported (a retry may have continued the folder), else from the study."""
+    reported = {int(step) for step, _ in row["curve"]}
+    records = read_history(Path(row["run_dir"])) if row["run_dir"] else []
+    history = [scored(record) for record in records if record["epoch"] in reported and "val_top1" in record]
+    return history or [{"epoch": int(step), "val_top1": value, "val_loss": math.nan} for step, value in row["curve"]]
 
 
-def plot_curves(rows: list[dict[str, Any]], best: int | None):
-    """Every trial's validation curve; pruned trials dashed and ending in a cross, the best one bold."""
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    drawn = 0
+def plot_curves(rows: list[dict[str, Any]], best: int | None) -> plt.Figure:
+    """Every trial's validation top-1 and loss per epoch: pruned trials grey, dashed and ending in a cross, failed ones
+    grey and dotted, the best one bold; a legend per trial only while it stays readable."""
+    histories: dict[str, list[dict[str, Any]]] = {}
+    labels: dict[str, dict[str, Any]] = {}
     for row in rows:
-        curve = validation_curve(row)
-        if not curve:
-            continue
-        epochs, values = zip(*curve)
-        values = [100 * v for v in values]
+        history = trial_history(row)
+        if history:
+            label = f"trial {row['number']}" + (" (best)" if row["number"] == best else
+                                                f" ({row['state']})" if row["state"] != "complete" else "")
+            histories[label], labels[label] = history, row
+    fig = plot_validation_runs(histories, dashed={label for label, row in labels.items()
+                                                  if row["state"] in ("pruned", "failed")}, legend=False)
+    top1 = fig.axes[0]
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            row = labels[line.get_label()]
+            if row["state"] in ("pruned", "failed"):
+                line.set(color=GREY, linestyle="--" if row["state"] == "pruned" else ":")
+            if row["number"] == best:
+                line.set(color="#1d2330", linewidth=2.6)
+    for label, row in labels.items():
         if row["state"] == "pruned":
-            ax.plot(epochs, values, linestyle="--", color="#8a8f98", alpha=0.8)
-            ax.plot(epochs[-1], values[-1], marker="x", color="#c53030", markersize=9)
-        else:
-            is_best = row["number"] == best
-            ax.plot(epochs, values, marker="o", markersize=3, linewidth=2.6 if is_best else 1.2,
-                    color="#1d2330" if is_best else None, label=f"trial {row['number']}" + (" (best)" if is_best else ""))
-        drawn += 1
-    if not drawn:
-        ax.text(0.5, 0.5, "no validation epochs recorded", ha="center", va="center", transform=ax.transAxes)
-    ax.plot([], [], linestyle="--", marker="x", color="#8a8f98", label="pruned (x: stopped)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    keep = [i for i, label in enumerate(labels) if "best" in label or "pruned" in label or i < 10]
-    ax.legend([handles[i] for i in keep], [labels[i] for i in keep], fontsize=8, loc="lower right")
-    fig.tight_layout()
+            last = histories[label][-1]
+            top1.plot(last["epoch"], 100 * last["val_top1"], marker="x", color="#c53030", markersize=9, linestyle="")
+    if not histories:
+        top1.text(0.5, 0.5, "no validation epochs recorded", ha="center", va="center", transform=top1.transAxes)
+    shown = [line for line in top1.get_lines() if line.get_label() in labels
+             and (len(labels) <= 10 or labels[line.get_label()]["number"] == best)]
+    styles = [Line2D([], [], linestyle="--", marker="x", color=GREY, markeredgecolor="#c53030", label="pruned (x: stopped)"),
+              Line2D([], [], linestyle=":", color=GREY, label="failed")]
+    top1.legend(handles=shown + styles, fontsize=8, loc="lower right")
     return fig
 
 
-def write_study_report(folder: str | Path) -> Path:
-    """<study folder>/report.html: best trial and how to train it, all trials, search history, parameter importance
-    and validation curves, in one file that needs nothing else (rebuilt from study.db or study.json alone)."""
+def write_study_report(folder: str | Path, summary: dict[str, Any] | None = None, *, study: str | None = None) -> Path:
+    """<study folder>/report.html, self-contained: from `summary`, else rebuilt from study.db or study.json alone."""
     folder = Path(folder)
-    summary = load_summary(folder)
+    summary = summary if summary is not None else load_summary(folder, study)
     rows, best, keys = summary["trials"], summary["best"], list(summary["space"])
     plot_history(rows, folder / "history.png")
     if summary["importance"]:
@@ -882,10 +980,9 @@ def write_study_report(folder: str | Path) -> Path:
     importance_html = (html.figure(folder / "importance.png", "parameter importance", alt="parameter importance")
                        + f"<p>{html.escape(summary['importance_note'])}</p>" if summary["importance"]
                        else f"<p>Not shown: {html.escape(summary['importance_note'])}.</p>")
-    curves = plot_curves(rows, best["number"] if best else None)
-    curves_html = html.figure(curves, "validation top-1 per epoch; dashed and ending in a cross: pruned",
-                              alt="validation curves")
-    plt.close(curves)
+    curves_html = html.figure(plot_curves(rows, best["number"] if best else None),
+                              "validation top-1 and loss per epoch (of the weights each trial keeps: EMA when better); "
+                              "grey, dashed and ending in a cross: pruned; grey dotted: failed", alt="validation curves")
     command = summary.get("command", {})
     settings = [["setting", "value"], ["objective", summary["objective"]], ["storage", summary["storage"]],
                 ["recipe", command.get("recipe")], ["overrides", " ".join(command.get("overrides", [])) or "-"],
