@@ -47,9 +47,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from reprocls.experiments.tune import tune
 
-    tune(args.recipe, args.overrides, space=args.space, sampler=args.sampler, trials=args.trials, workers=args.workers,
-         pruner=args.pruner, storage=args.storage, study_name=args.study, out=args.out, seed=args.seed,
-         progress=not args.quiet)
+    summary = tune(args.recipe, args.overrides, space=args.space, sampler=args.sampler, trials=args.trials,
+                   workers=args.workers, pruner=args.pruner, storage=args.storage, study_name=args.study, out=args.out,
+                   seed=args.seed, progress=not args.quiet)
+    if summary["best"] is None:
+        print("reprocls tune: no trial completed, so there is no best recipe; the trials' errors are in the table above "
+              f"and in {summary['folder']}/report.html", file=sys.stderr)
+        return 1
     return 0
 
 
