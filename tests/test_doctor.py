@@ -275,3 +275,14 @@ def test_train_prints_findings_before_training(fmnist_root: Path, tmp_path: Path
     assert out.splitlines().index("reproduction doctor: 1 warning") < first_epoch
     assert main(["train", str(QUICKSTART), *tiny, "-q", "--no-doctor"]) == 0
     assert "reproduction doctor" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_reproduce_prints_findings_once_before_its_seeds(fmnist_root: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    tiny = [f"data.root={fmnist_root}", f"output_dir={tmp_path}", "data.limit_train=256", "data.limit_eval=128",
+            "schedule.epochs=2", "data.batch_size=64", "train.threads=1", "reference.epochs=30", "reference.top1=0.1"]
+    assert main(["reproduce", str(QUICKSTART), *tiny, "--seeds", "2", "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.count("reproduction doctor: 1 warning") == 1
+    assert lines.index("reproduction doctor: 1 warning") < next(i for i, line in enumerate(lines) if line.startswith("epoch"))

@@ -13,21 +13,27 @@ from reprocls.engine.checkpoint import CheckpointError
 from reprocls.config import ConfigError, RunConfig, describe_keys, explicit_keys, load_config, read_recipe, to_dict
 
 
+def doctor_first(args: argparse.Namespace, config: RunConfig) -> None:
+    """Print the doctor's findings before hours of training (train, reproduce, tune); rank 0 only under torchrun."""
+    if args.no_doctor or os.environ.get("RANK", "0") != "0":
+        return
+    from reprocls.experiments.doctor import diagnose, format_findings
+
+    try:
+        findings = diagnose(config, explicit=explicit_keys(read_recipe(args.recipe, args.overrides)),
+                            world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    except ConfigError as error:  # training meets the same problem on every process and stops them all
+        print(f"reproduction doctor: could not check this recipe: {error}\n")
+        return
+    if findings:
+        print(format_findings(findings) + "\n")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from reprocls.experiments.run import train_recipe
 
     config = load_config(args.recipe, args.overrides)
-    if not args.no_doctor and os.environ.get("RANK", "0") == "0":
-        from reprocls.experiments.doctor import diagnose, format_findings
-
-        try:
-            findings = diagnose(config, explicit=explicit_keys(read_recipe(args.recipe, args.overrides)),
-                                world_size=int(os.environ.get("WORLD_SIZE", "1")))
-        except ConfigError as error:  # training meets the same problem on every process and stops them all
-            findings = []
-            print(f"reproduction doctor: could not check this recipe: {error}\n")
-        if findings:
-            print(format_findings(findings) + "\n")
+    doctor_first(args, config)
     train_recipe(config, progress=not args.quiet, resume=args.resume)
     return 0
 
@@ -47,6 +53,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from reprocls.experiments.tune import tune
 
+    doctor_first(args, load_config(args.recipe, args.overrides))
     summary = tune(args.recipe, args.overrides, space=args.space, sampler=args.sampler, trials=args.trials,
                    workers=args.workers, pruner=args.pruner, storage=args.storage, study_name=args.study, out=args.out,
                    seed=args.seed, progress=not args.quiet)
@@ -61,6 +68,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from reprocls.experiments.reproduce import reproduce
 
     config = load_config(args.recipe, args.overrides)
+    doctor_first(args, config)
     summary = reproduce(config, seeds=args.seeds, first_seed=args.first_seed, out=args.out, resume=args.resume,
                         progress=not args.quiet)
     return 0 if summary["verdict"]["status"] in ("reproduced", "within noise", "no reference") else 1
@@ -243,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", help="study folder (default: <output_dir>/<study>-study)")
     tune.add_argument("--seed", type=int, default=0, help="sampler seed")
     tune.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    tune.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks of the base recipe")
     tune.set_defaults(func=cmd_tune)
 
     reproduce = sub.add_parser("reproduce", help="train a recipe with several seeds; mean +- std and a verdict")
@@ -253,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", help="reproduction folder (default: <output_dir>/<name>-reproduce-<timestamp>)")
     reproduce.add_argument("--resume", metavar="FOLDER", help="finish an interrupted reproduction folder")
     reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    reproduce.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks before training")
     reproduce.set_defaults(func=cmd_reproduce)
 
     compare = sub.add_parser("compare", help="runs side by side: metrics, config and environment differences")
