@@ -364,6 +364,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # epoch lines reach a log file (nohup, SLURM) as they happen
     warnings.simplefilter("default", UserWarning)
     try:
         return args.func(args)
