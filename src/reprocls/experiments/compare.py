@@ -19,7 +19,7 @@ import yaml  # noqa: E402
 from reprocls.config import ConfigError, flatten  # noqa: E402
 from reprocls.envinfo import differing_values, environment_differences  # noqa: E402
 from reprocls.experiments import html  # noqa: E402
-from reprocls.experiments.report import format_grid, plot_validation_runs, read_history  # noqa: E402
+from reprocls.experiments.report import format_grid, format_metric, plot_validation_runs, read_history  # noqa: E402
 
 RUN_FILES = ("results.json", "config.yaml", "environment.json")
 # Keys that differ between any two runs by construction; shown only with include_expected=True.
@@ -61,25 +61,6 @@ class MetricRow:
         value = self.values[index]
         text = format_metric(self.key, value)
         return text + BEST_MARK if index in self.best() else text
-
-
-def format_metric(key: str, value: float | None) -> str:
-    """One metric in its unit (%, points, M params, seconds, img/s), so a row reads the same in every column."""
-    if value is None:
-        return "—"
-    if key in ("test_top1", "test_top5", "val_top1"):
-        return f"{100 * value:.2f} %"
-    if key == "reference_gap":
-        return f"{100 * value:+.2f} points"
-    if key == "test_loss":
-        return f"{value:.4f}"
-    if key == "params":
-        return f"{value / 1e6:.3f} M"
-    if key == "train_time_s":
-        return f"{value:.1f} s"
-    if key == "images_per_s":
-        return f"{value:,.0f}"
-    return f"{value:g}"
 
 
 def metric_rows(runs: Sequence[RunInfo]) -> list[MetricRow]:

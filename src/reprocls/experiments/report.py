@@ -110,6 +110,25 @@ def results_table(results: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def format_metric(key: str, value: float | None) -> str:
+    """One metric in its unit (%, points, M params, seconds, img/s), so a row reads the same in every column."""
+    if value is None:
+        return "—"
+    if key in ("test_top1", "test_top5", "val_top1"):
+        return f"{100 * value:.2f} %"
+    if key == "reference_gap":
+        return f"{100 * value:+.2f} points"
+    if key == "test_loss":
+        return f"{value:.4f}"
+    if key == "params":
+        return f"{value / 1e6:.3f} M"
+    if key == "train_time_s":
+        return f"{value:.1f} s"
+    if key == "images_per_s":
+        return f"{value:,.0f}"
+    return f"{value:g}"
+
+
 def format_table(rows: list[tuple[str, str]]) -> str:
     """Rows as aligned plain text for the terminal."""
     width = max(len(label) for label, _ in rows)

@@ -23,7 +23,7 @@ from reprocls.data.datasets import split_seed  # noqa: E402
 from reprocls.engine.checkpoint import newest_valid  # noqa: E402
 from reprocls.envinfo import environment_differences  # noqa: E402
 from reprocls.experiments import html  # noqa: E402
-from reprocls.experiments.report import format_grid, markdown_table, plot_validation_runs, read_history  # noqa: E402
+from reprocls.experiments.report import format_grid, format_metric, markdown_table, plot_validation_runs, read_history  # noqa: E402
 from reprocls.experiments.resume import CHECKPOINTS, experiment_keys  # noqa: E402
 from reprocls.experiments.run import train_recipe  # noqa: E402
 from reprocls.experiments.verdict import NOISE_RULE, describe, judge, noise_formula, points  # noqa: E402
@@ -63,24 +63,11 @@ def statistics(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def format_value(key: str, value: float | None) -> str:
-    """One metric in its unit (accuracies in %, loss to 4 decimals, seconds, img/s), so every table reads the same."""
-    if value is None:
-        return "—"
-    if key in ACCURACIES:
-        return f"{100 * value:.2f} %"
-    if key == "test_loss":
-        return f"{value:.4f}"
-    if key == "train_time_s":
-        return f"{value:.1f} s"
-    return f"{value:,.0f}"
-
-
 def format_spread(key: str, stats: dict[str, Any]) -> str:
     """'mean ± std' in the metric's unit; with one seed, the mean and 'std undefined'."""
     if stats["std"] is None:
-        return f"{format_value(key, stats['mean'])} (std undefined)"
-    mean, std = format_value(key, stats["mean"]), format_value(key, stats["std"])
+        return f"{format_metric(key, stats['mean'])} (std undefined)"
+    mean, std = format_metric(key, stats["mean"]), format_metric(key, stats["std"])
     unit = " %" if key in ACCURACIES else (" s" if key == "train_time_s" else "")
     return f"{mean.removesuffix(unit)} ± {std}"
 
@@ -92,9 +79,9 @@ def statistics_rows(stats: dict[str, dict[str, Any]]) -> list[list[str]]:
         if key not in stats:
             continue
         s = stats[key]
-        ci = (f"[{format_value(key, s['ci95'][0])}, {format_value(key, s['ci95'][1])}]" if s["ci95"] is not None
+        ci = (f"[{format_metric(key, s['ci95'][0])}, {format_metric(key, s['ci95'][1])}]" if s["ci95"] is not None
               else "undefined (1 seed)")
-        rows.append([label, format_spread(key, s), ci, format_value(key, s["min"]), format_value(key, s["max"]), str(s["n"])])
+        rows.append([label, format_spread(key, s), ci, format_metric(key, s["min"]), format_metric(key, s["max"]), str(s["n"])])
     return rows
 
 
@@ -103,7 +90,7 @@ def seed_rows(records: list[dict[str, Any]]) -> list[list[str]]:
     rows = [["seed", "run", "how"] + [label for _, label in METRICS]]
     for record in records:
         rows.append([str(record["seed"]), Path(record["run"]).name, record["how"]]
-                    + [format_value(key, record["metrics"].get(key)) for key, _ in METRICS])
+                    + [format_metric(key, record["metrics"].get(key)) for key, _ in METRICS])
     return rows
 
 
