@@ -25,7 +25,8 @@ h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:32px 0 10px;border-b
 .verdict.bad{background:#fdeaea;border:1px solid #e08a8a}
 table{border-collapse:collapse;background:#fff;font-size:.92em;margin:6px 0}
 th,td{border:1px solid #d8dce3;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#eef0f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#eef0f4}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}
 figure{margin:8px 0;background:#fff;border:1px solid #d8dce3;border-radius:8px;padding:8px;display:inline-block}
 figure img{max-width:100%;height:auto;display:block}figcaption{color:#5b6475;font-size:.88em;margin-top:4px}
 pre{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:10px;overflow-x:auto;font-size:.85em}
@@ -71,7 +72,7 @@ def table(rows: Sequence[Sequence[Any]], *, header: bool = True, numeric_columns
     they are Markup."""
     if not rows:
         return "<p><em>nothing to show</em></p>"
-    lines = ["<table>"]
+    lines = ['<div class="scroll"><table>']
     for index, row in enumerate(rows):
         tag = "th" if header and index == 0 else "td"
         cells = []
@@ -80,7 +81,7 @@ def table(rows: Sequence[Sequence[Any]], *, header: bool = True, numeric_columns
             content = cell if isinstance(cell, Markup) else escape(cell)
             cells.append(f"<{tag}{cls}>{content}</{tag}>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
-    lines.append("</table>")
+    lines.append("</table></div>")
     return "\n".join(lines)
 
 

@@ -988,7 +988,7 @@ def write_study_report(folder: str | Path, summary: dict[str, Any] | None = None
                 ["recipe", command.get("recipe")], ["overrides", " ".join(command.get("overrides", [])) or "-"],
                 ["sampler", f"{command.get('sampler')} (seed {command.get('seed')})"], ["pruner", command.get("pruner")],
                 *[[key, text] for key, text in summary["space"].items()]]
-    sections = [("Best trial", best_html), ("Trials", html.table(table_rows, numeric_columns=(0,))),
+    sections = [("Best trial", best_html), ("Trials", html.table(table_rows, numeric_columns=(0, *range(2, len(keys) + 5)))),
                 ("Search history", html.figure(folder / "history.png", "validation top-1 per trial and the best so far",
                                                alt="search history")),
                 ("Parameter importance", importance_html), ("Validation curves", curves_html),
