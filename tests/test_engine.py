@@ -119,3 +119,10 @@ def test_non_finite_loss_stops_with_the_step() -> None:
     with pytest.raises(FloatingPointError, match="step 1;"):
         train_one_epoch(model, data, optimizer, scheduler, nn.CrossEntropyLoss(), device=CPU, amp_dtype=None, progress=False)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_onecycle_too_short_to_rise_is_refused_naming_pct_start() -> None:
+    with pytest.raises(ConfigError, match=r"schedule.pct_start: 0.25 of 4 optimizer step\(s\).*above 0.25"):
+        lrs(ScheduleConfig(name="onecycle", epochs=1, pct_start=0.25), steps_per_epoch=4)
+    values = lrs(ScheduleConfig(name="onecycle", epochs=1, pct_start=0.25), steps_per_epoch=8)  # rise of 2 steps
+    assert max(values) == pytest.approx(1.0) and values[0] < values[1] and values[-1] < values[2]
