@@ -121,8 +121,10 @@ def test_non_finite_loss_stops_with_the_step() -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_a_onecycle_too_short_to_rise_is_refused_naming_pct_start() -> None:
-    with pytest.raises(ConfigError, match=r"schedule.pct_start: 0.25 of 4 optimizer step\(s\).*above 0.25"):
+def test_a_onecycle_rise_of_exactly_one_step_is_refused_naming_pct_start() -> None:
+    with pytest.raises(ConfigError, match=r"schedule.pct_start: 0.25 of 4 optimizer steps.*exactly one step"):
         lrs(ScheduleConfig(name="onecycle", epochs=1, pct_start=0.25), steps_per_epoch=4)
     values = lrs(ScheduleConfig(name="onecycle", epochs=1, pct_start=0.25), steps_per_epoch=8)  # rise of 2 steps
     assert max(values) == pytest.approx(1.0) and values[0] < values[1] and values[-1] < values[2]
+    shorter = lrs(ScheduleConfig(name="onecycle", epochs=1, pct_start=0.25), steps_per_epoch=3)  # no rise: anneals only
+    assert shorter == sorted(shorter, reverse=True) and shorter[0] <= 1.0

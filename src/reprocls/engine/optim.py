@@ -74,10 +74,10 @@ def multistep(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int,
 @SCHEDULERS.register
 def onecycle(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, steps_per_epoch: int) -> sched.LRScheduler:
     """Rise to the peak lr then anneal (Smith & Topin 2019); it has its own warmup (pct_start)."""
-    if cfg.pct_start * steps <= 1:  # torch's OneCycleLR divides by the rise's length in steps minus one
-        raise ConfigError(f"schedule.pct_start: {cfg.pct_start:g} of {steps} optimizer step(s) leaves the one-cycle rise "
-                          f"{cfg.pct_start * steps:.2f} step(s) long; it needs more than one: raise schedule.pct_start "
-                          f"above {1 / max(steps, 1):.3g}, train more epochs, or lower data.batch_size")
+    if abs(cfg.pct_start * steps - 1) < 1e-9:  # torch's OneCycleLR divides by the rise's length in steps minus one
+        raise ConfigError(f"schedule.pct_start: {cfg.pct_start:g} of {steps} optimizer steps makes the one-cycle rise "
+                          "exactly one step long, which torch's OneCycleLR cannot compute: change schedule.pct_start, "
+                          "train more epochs, or change data.batch_size")
     return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(steps, 1),
                             pct_start=cfg.pct_start, anneal_strategy="cos", cycle_momentum=False)
 
