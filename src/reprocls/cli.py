@@ -217,17 +217,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_training_arguments(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str) -> None:
+    """The recipe, its overrides, -q and --no-doctor: what every command that trains takes, worded per command."""
+    parser.add_argument("recipe", help=recipe_help)
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks before training")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprocls", description="Reproduce image-classification papers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a recipe and write a run folder")
-    train.add_argument("recipe", help="YAML recipe, e.g. configs/quickstart.yaml")
-    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.05 schedule.epochs=10")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_training_arguments(train, "YAML recipe, e.g. configs/quickstart.yaml",
+                           "dotted key=value overrides, e.g. optim.lr=0.05 schedule.epochs=10")
     train.add_argument("--resume", metavar="auto|PATH", help="continue the newest intact checkpoint of this recipe's latest "
                        "run (auto; starts fresh when there is none), or of a given run folder or checkpoints/step-N folder")
-    train.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks before training")
     train.set_defaults(func=cmd_train)
 
     doctor = sub.add_parser("doctor", help="check a recipe for the classic reasons a reproduction falls short (exit 1 on findings)")
@@ -238,8 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=cmd_doctor)
 
     tune = sub.add_parser("tune", help="hyper-parameter search over recipe keys with Optuna")
-    tune.add_argument("recipe", help="the base recipe every trial starts from")
-    tune.add_argument("overrides", nargs="*", help="dotted key=value overrides applied to every trial")
+    add_training_arguments(tune, "the base recipe every trial starts from", "dotted key=value overrides applied to every trial")
     tune.add_argument("--space", required=True, help="search space YAML: recipe key -> distribution or list of choices")
     tune.add_argument("--sampler", choices=("grid", "random", "tpe"), default="tpe")
     tune.add_argument("--trials", type=int, help="trials in total across all workers (grid: default the whole grid)")
@@ -250,19 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--study", help="study name (default: the recipe's name)")
     tune.add_argument("--out", help="study folder (default: <output_dir>/<study>-study)")
     tune.add_argument("--seed", type=int, default=0, help="sampler seed")
-    tune.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    tune.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks of the base recipe")
     tune.set_defaults(func=cmd_tune)
 
     reproduce = sub.add_parser("reproduce", help="train a recipe with several seeds; mean +- std and a verdict")
-    reproduce.add_argument("recipe", help="YAML recipe with a reference: block")
-    reproduce.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    add_training_arguments(reproduce, "YAML recipe with a reference: block", "dotted key=value overrides")
     reproduce.add_argument("--seeds", type=int, help="how many seeds (default 3; with --resume, the interrupted plan)")
     reproduce.add_argument("--first-seed", type=int, help="seeds are first-seed, first-seed + 1, ... (default 0; with --resume, the interrupted plan)")
     reproduce.add_argument("--out", help="reproduction folder (default: <output_dir>/<name>-reproduce-<timestamp>)")
     reproduce.add_argument("--resume", metavar="FOLDER", help="finish an interrupted reproduction folder")
-    reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    reproduce.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks before training")
     reproduce.set_defaults(func=cmd_reproduce)
 
     compare = sub.add_parser("compare", help="runs side by side: metrics, config and environment differences")
