@@ -442,8 +442,11 @@ def test_sigkilled_study_resumes_keeping_finished_trials_and_continuing_the_kill
     try:
         while time.time() < deadline:  # kill once two trials are done and the third has checkpointed an epoch
             if database.exists() and process.poll() is None:
-                with sqlite3.connect(database, timeout=30) as connection:
-                    done = connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+                try:
+                    with sqlite3.connect(database, timeout=30) as connection:
+                        done = connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+                except sqlite3.OperationalError:  # the file exists a moment before Optuna has created its tables
+                    done = 0
                 if done == 2 and killed_trial_checkpoint(folder) is not None:
                     process.send_signal(signal.SIGKILL)
                     break
