@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from reprocls.compress.measure import latency_ms
 from reprocls.compress.quantize import model_size_bytes, quantize_static_int8
 from reprocls.experiments.compress_run import CompressPlan, compress_run
-from reprocls.experiments.report import format_grid
-from reprocls.experiments.run import load_run
+from reprocls.experiments.evaluate import load_trained_run
+from reprocls.reports.tables import format_grid
 from reprocls.models import create_model
 
 PLANS = {
@@ -43,7 +43,7 @@ def fashion_mnist_part(run: Path, batches: list[int], out: Path) -> None:
 
 def resnet18_part(run: Path, batches: list[int]) -> None:
     """ResNet-18 at 224: fp32 eager vs static INT8, calibrated and compared on upscaled real test images."""
-    loaded = load_run(run, device=torch.device("cpu"))
+    loaded = load_trained_run(run, device=torch.device("cpu"))
     images = loaded.session.splits.test.images[:320].float().div(255)
     images = F.interpolate(images, size=(224, 224), mode="bilinear", antialias=True).expand(-1, 3, -1, -1)
     images = ((images - 0.5) / 0.25).contiguous()

@@ -270,7 +270,7 @@ from torch.nn.parallel import DistributedDataParallel
 from reprocls.data.datasets import TensorSplit
 from reprocls.data.loaders import TensorLoader
 from reprocls.engine.distributed import all_reduce_sum
-from reprocls.engine.train import evaluate, train_one_epoch
+from reprocls.engine.train import Trainee, TrainSettings, evaluate, train_one_epoch
 from reprocls.models import create_model
 
 backend = sys.argv[1] if len(sys.argv) > 1 else "nccl"
@@ -294,8 +294,8 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 amp = torch.bfloat16 if device.type == "cuda" else None
 before = [p.detach().clone() for p in model.parameters()]
-stats = train_one_epoch(ddp, train, optimizer, scheduler, nn.CrossEntropyLoss(), device=device, amp_dtype=amp,
-                        accum_steps=2, progress=False)
+stats = train_one_epoch(Trainee(ddp, optimizer, scheduler, nn.CrossEntropyLoss()), train,
+                        TrainSettings(device=device, amp_dtype=amp, accum_steps=2, progress=False))
 result = evaluate(ddp, test, device=device, amp_dtype=amp, num_classes=10, progress=False)
 flat = torch.cat([p.detach().flatten() for p in model.parameters()])
 largest = flat.clone()

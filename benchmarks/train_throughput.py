@@ -18,9 +18,10 @@ from torch import nn
 
 from reprocls.config import load_config
 from reprocls.data import load_dataset, make_loader
-from reprocls.engine import autocast, build_optimizer, build_scheduler, resolve_precision, train_one_epoch
+from reprocls.engine import (Trainee, TrainSettings, autocast, build_optimizer, build_scheduler, resolve_precision,
+                             scaled_lr, train_one_epoch)
 from reprocls.envinfo import environment
-from reprocls.experiments.run import build_model
+from reprocls.recipe import build_model
 
 
 class FirstSteps:
@@ -47,10 +48,10 @@ def reprocls_round(config, splits, steps: int, dtype) -> float:
     device = torch.device("cpu")
     model = build_model(config, splits).to(memory_format=torch.channels_last)
     loader = make_loader(splits.train, splits, config.data, train=True, device=device, seed=0, channels_last=True)
-    optimizer = build_optimizer(model, config.optim, config.data.batch_size)
+    optimizer = build_optimizer(model, config.optim, scaled_lr(config.optim, config.data.batch_size))
     scheduler = build_scheduler(optimizer, config.schedule, len(loader))
-    stats = train_one_epoch(model, FirstSteps(loader, steps), optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=0.1),
-                            device=device, amp_dtype=dtype, progress=False)
+    trainee = Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=0.1))
+    stats = train_one_epoch(trainee, FirstSteps(loader, steps), TrainSettings(device=device, amp_dtype=dtype, progress=False))
     return stats["images_per_s"]
 
 

@@ -12,8 +12,8 @@ import pytest
 from reprocls.cli import main
 from reprocls.config import ConfigError, load_config
 from reprocls.envinfo import environment_differences, parse_freeze
-from reprocls.experiments.compare import MetricRow, compare_runs, short_labels
-from reprocls.experiments.report import format_metric
+from reprocls.reports.compare import MetricRow, compare_runs, short_labels
+from reprocls.reports.tables import format_metric
 from reprocls.experiments.run import train_recipe
 
 REPO = Path(__file__).parent.parent

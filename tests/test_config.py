@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from reprocls.config import ConfigError, RunConfig, describe_keys, dump, load_config
-from reprocls.experiments.run import check_names
+from reprocls.recipe import check_names
 
 ALL_YAML = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
 CONFIGS = [p for p in ALL_YAML if p.parent.name not in ("compress", "search")]  # training recipes (not plans or search spaces)
@@ -44,13 +44,15 @@ def test_unknown_top_level_section(tmp_path: Path) -> None:
         ("optim.lr=-1", r"optim\.lr: -1.* > 0"),
         ("optim.lr=fast", r"optim\.lr: expected a number"),
         ("schedule.epochs=2.5", r"schedule\.epochs: expected an integer"),
-        ("optim.name=adam", r"optim\.name: 'adam' is not one of.*'adamw'"),
         ("train.precision=bf61", r"train\.precision.*'bf16'"),
         ("data.val_fraction=1.5", r"data\.val_fraction"),
         ("data.split=[0.5,0.2,0.2]", r"data\.split"),
         ("schedule.warmup_epochs=40", r"schedule\.warmup_epochs"),
         ("data.augment.hflip=maybe", r"data\.augment\.hflip: expected true or false"),
         ("optim", r"must look like key\.sub=value"),
+        ("data.augment.rrc_scale=[0.5]", r"data\.augment\.rrc_scale: \[0\.5\] must be \[low, high\]"),
+        ("data.augment.rrc_scale=[0.9,0.1]", r"data\.augment\.rrc_scale: .* low <= high"),
+        ("data.std=[0]", r"data\.std: \[0\.0\] must be positive"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
@@ -61,7 +63,8 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [("model.name=resnet2", r"model\.name.*'resnet20'"), ("data.name=fashion_mnst", r"data\.name.*'fashion_mnist'"),
-     ("schedule.name=cosin", r"schedule\.name.*'cosine'")],
+     ("schedule.name=cosin", r"schedule\.name.*'cosine'"), ("optim.name=adam", r"optim\.name: 'adam' is not one of.*'adamw'"),
+     ("data.augment.policy=randaug", r"data\.augment\.policy.*'randaugment'")],
 )
 def test_unknown_registry_names_fail_before_work(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -102,3 +105,9 @@ def test_shipped_compression_plans_validate(plan: Path) -> None:
     from reprocls.experiments.compress_run import load_plan
 
     assert load_plan(plan).prune != "none" or load_plan(plan).quantize != "none"
+
+
+def test_mean_and_std_must_give_the_same_number_of_channels() -> None:
+    with pytest.raises(ConfigError, match=r"data\.mean: \[0\.5\] and data\.std: \[0\.2, 0\.2\] must give one value per channel"):
+        load_config(None, ["data.mean=[0.5]", "data.std=[0.2,0.2]"])
+

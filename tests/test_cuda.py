@@ -16,7 +16,7 @@ from torch import nn
 from reprocls.data.datasets import TensorSplit
 from reprocls.data.loaders import TensorLoader
 from reprocls.engine.precision import resolve_channels_last, resolve_device, resolve_precision
-from reprocls.engine.train import optimizer_step, train_one_epoch
+from reprocls.engine.train import Trainee, TrainSettings, optimizer_step, train_one_epoch
 from reprocls.models import create_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -71,8 +71,9 @@ def test_fp16_autocast_with_grad_scaler_trains() -> None:
     dtypes: set[torch.dtype] = set()
     model[0].register_forward_hook(lambda module, args, out: dtypes.add(out.dtype))
     before = [p.detach().clone() for p in model.parameters()]
-    losses = [train_one_epoch(model, loader, optimizer, scheduler, nn.CrossEntropyLoss(), device=CUDA,
-                              amp_dtype=torch.float16, scaler=scaler, progress=False)["loss"] for _ in range(4)]
+    trainee = Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss(), scaler)
+    settings = TrainSettings(device=CUDA, amp_dtype=torch.float16, progress=False)
+    losses = [train_one_epoch(trainee, loader, settings)["loss"] for _ in range(4)]
     assert dtypes == {torch.float16}  # the convolution really ran under fp16 autocast
     assert losses[-1] < 0.5 * losses[0], losses
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())  # fp32 master weights
@@ -108,8 +109,8 @@ def test_skipped_step_does_not_advance_the_lr_schedule() -> None:
     inject_inf_once(model[0].weight)
     batches = ListLoader([(torch.randn(16, 1, 16, 16, device=CUDA), torch.randint(0, 4, (16,), device=CUDA))
                           for _ in range(3)])
-    train_one_epoch(model, batches, optimizer, scheduler, nn.CrossEntropyLoss(), device=CUDA, amp_dtype=torch.float16,
-                    scaler=scaler, grad_clip_norm=1.0, progress=False)
+    train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss(), scaler), batches,
+                    TrainSettings(device=CUDA, amp_dtype=torch.float16, grad_clip_norm=1.0, progress=False))
     assert scheduler.last_epoch == 2  # three optimizer steps attempted, the first skipped
     assert math.isclose(optimizer.param_groups[0]["lr"], 0.1 * 0.5**2, rel_tol=1e-9)
     assert scaler.get_scale() == 2.0**9

@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from reprocls.config import AugmentConfig, DataConfig
 from reprocls.data import load_dataset, make_loader
 from reprocls.data.datasets import TensorSplit
-from reprocls.data.augment import random_crop_flip, random_erase
+from reprocls.data.augment import crop_flip, crop_flip_params, erase, erase_params
 from reprocls.data.loaders import TensorLoader
 from reprocls.data.splits import stratified_split
 from reprocls.data.stats import channel_stats
@@ -101,7 +101,7 @@ def test_image_folder_loader_gives_normalised_batches(tmp_path: Path) -> None:
 def test_random_crop_flip_makes_valid_crops() -> None:
     images = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
     generator = torch.Generator().manual_seed(0)
-    out = random_crop_flip(images, padding=2, hflip=True, generator=generator)
+    out = crop_flip(images, 2, *crop_flip_params(len(images), 2, True, generator, images.device))
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for i in range(2):
         candidates = [padded[i, :, y:y + 6, x:x + 6] for y in range(5) for x in range(5)]
@@ -152,7 +152,7 @@ def test_presets_follow_the_classic_recipes() -> None:
 
 def test_random_erase_zeroes_one_rectangle_per_chosen_image() -> None:
     images = torch.ones(64, 1, 16, 16)
-    out = random_erase(images, 0.5, torch.Generator().manual_seed(0))
+    out = erase(images, erase_params(len(images), *images.shape[-2:], 0.5, torch.Generator().manual_seed(0), images.device))
     erased = (out == 0).flatten(1).sum(1)
     assert 10 < int((erased > 0).sum()) < 54  # about half the images
     for i in torch.nonzero(erased).flatten().tolist():

@@ -21,7 +21,8 @@ from reprocls.compress.export import (ExportMismatchError, deployment_metadata, 
                                       verify_onnx)
 from reprocls.config import RunConfig
 from reprocls.data.datasets import DatasetSplits
-from reprocls.experiments.run import WEIGHTS_FILE, model_metadata, save_weights
+from reprocls.experiments.run import model_metadata, save_weights
+from reprocls.run_layout import WEIGHTS as WEIGHTS_FILE
 from reprocls.models import create_model
 
 pytest.importorskip("onnxruntime")

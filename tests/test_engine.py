@@ -10,9 +10,10 @@ from torch import nn
 
 from reprocls import create_model
 from reprocls.config import ConfigError, OptimConfig, ScheduleConfig
-from reprocls.engine import SCHEDULERS, build_optimizer, build_scheduler, evaluate, resolve_precision, scaled_lr, train_one_epoch
+from reprocls.engine import (OPTIMIZERS, SCHEDULERS, Trainee, TrainSettings, build_optimizer, build_scheduler, evaluate,
+                             resolve_precision, scaled_lr, train_one_epoch)
 from reprocls.engine.optim import parameter_groups
-from reprocls.engine.precision import resolve_channels_last
+from reprocls.engine.precision import cpu_supports_bf16, resolve_channels_last
 
 CPU = torch.device("cpu")
 
@@ -78,17 +79,26 @@ def test_every_schedule_stays_positive_and_finite(name: str) -> None:
 def test_precision_choices() -> None:
     assert resolve_precision("fp32", CPU) is None
     assert resolve_precision("bf16", CPU) is torch.bfloat16
-    assert resolve_precision("auto", CPU) in (None, torch.bfloat16)
+    assert resolve_precision("auto", CPU) is (torch.bfloat16 if cpu_supports_bf16() else None)
     assert resolve_channels_last("auto", create_model("resnet20")) is True
     assert resolve_channels_last("no", create_model("resnet20")) is False
 
 
 def test_adamw_and_nesterov_settings() -> None:
     model = nn.Linear(4, 2)
-    sgd = build_optimizer(model, OptimConfig(name="sgd", nesterov=True, lr=0.1), 128)
-    assert sgd.defaults["nesterov"] is True
-    adamw = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, betas=[0.9, 0.95], weight_decay=0.05), 128)
+    sgd = build_optimizer(model, OptimConfig(name="sgd", nesterov=True, lr=0.1), 0.1)
+    assert sgd.defaults["nesterov"] is True and sgd.defaults["lr"] == 0.1
+    adamw = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, betas=[0.9, 0.95], weight_decay=0.05), 2e-3)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.95)
+    assert adamw.defaults["lr"] == 2e-3  # the lr given (lr_plan's, scaled to the batch), not the recipe's own
+
+
+def test_every_registered_optimizer_builds_with_undecayed_norm_and_bias_groups() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    for name in OPTIMIZERS.names():
+        optimizer = build_optimizer(model, OptimConfig(name=name, weight_decay=0.1), 0.05)
+        decays = sorted(group["weight_decay"] for group in optimizer.param_groups)
+        assert decays == [0.0, 0.1] and all(group["lr"] == 0.05 for group in optimizer.param_groups), name
 
 
 class ListLoader(list):
@@ -102,7 +112,7 @@ def test_train_uses_batch_stats_and_evaluate_does_not_change_them() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     before = model.bn1.running_mean.clone()
-    train_one_epoch(model, data, optimizer, scheduler, nn.CrossEntropyLoss(), device=CPU, amp_dtype=None, progress=False)
+    train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss()), data, TrainSettings(device=CPU, progress=False))
     after_train = model.bn1.running_mean.clone()
     assert not torch.equal(before, after_train)  # training updated BatchNorm statistics
     result = evaluate(model, data, device=CPU, amp_dtype=None, num_classes=3, progress=False)
@@ -117,7 +127,7 @@ def test_non_finite_loss_stops_with_the_step() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     with pytest.raises(FloatingPointError, match="step 1;"):
-        train_one_epoch(model, data, optimizer, scheduler, nn.CrossEntropyLoss(), device=CPU, amp_dtype=None, progress=False)
+        train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss()), data, TrainSettings(device=CPU, progress=False))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +18,14 @@ from reprocls.cli import main
 from reprocls.config import load_config
 from reprocls.data import FileSplit, make_loader
 from reprocls.engine.precision import autocast
-from reprocls.experiments import html
-from reprocls.experiments.html_report import write_html_report
-from reprocls.experiments.mistakes import (MISTAKES_SHOWN, covers_split, plot_mistakes, raw_image, save_test_mistakes)
-from reprocls.experiments.report import percent
-from reprocls.experiments.run import load_run, train_recipe
+from reprocls.reports import html
+from reprocls.experiments.rewrite import rewrite_report as write_html_report
+from reprocls.experiments.run import save_test_mistakes
+from reprocls.metrics.mistakes import covers_split
+from reprocls.reports.mistakes import MISTAKES_SHOWN, plot_mistakes, raw_image
+from reprocls.reports.tables import percent
+from reprocls.experiments.evaluate import load_trained_run as load_run
+from reprocls.experiments.run import train_recipe
 from reprocls.metrics.mistakes import Mistake, PredictionLog
 
 REPO = Path(__file__).parent.parent
@@ -160,17 +161,17 @@ def test_a_run_without_mistakes_shows_no_grid(tiny_run, tmp_path: Path) -> None:
 
 
 def test_report_dispatches_on_the_folder_kind(tmp_path: Path, monkeypatch, capsys) -> None:
+    from reprocls.reports.pages import PAGES
+
     written = []
-    for module, function, marker in [("tune", "write_study_report", "study.json"),
-                                     ("reproduce", "write_reproduction_report", "reproduction.json")]:
-        fake = types.ModuleType(f"reprocls.experiments.{module}")
-        setattr(fake, function, lambda folder, name=function: written.append((name, folder)) or folder / "report.html")
-        monkeypatch.setitem(sys.modules, f"reprocls.experiments.{module}", fake)
-        folder = tmp_path / module
+    for kind, marker in [("study", "study.json"), ("reproduction", "reproduction.json")]:
+        fake = lambda folder, name=kind: written.append((name, folder)) or folder / "report.html"  # noqa: E731
+        monkeypatch.setitem(PAGES._entries, kind, fake)
+        folder = tmp_path / kind
         folder.mkdir()
         (folder / marker).write_text("{}")
         assert write_html_report(folder) == folder / "report.html"
-    assert written == [("write_study_report", tmp_path / "tune"), ("write_reproduction_report", tmp_path / "reproduce")]
+    assert written == [("study", tmp_path / "study"), ("reproduction", tmp_path / "reproduction")]
     assert main(["report", str(tmp_path)]) == 2
     assert "pass a run folder (results.json), a study folder (study.json) or a reproduction folder" in capsys.readouterr().err
 
@@ -185,8 +186,7 @@ def test_distributed_style_partial_log_falls_back_to_a_full_pass(tiny_run, tmp_p
     confusion = torch.tensor(json.loads((run_dir / "results.json").read_text())["test"]["confusion"])
     assert not covers_split(shard, confusion)
     folder = copy_run(run_dir, tmp_path / "copy", "mistakes.*")
-    payload = save_test_mistakes(folder, shard, confusion, session.model, session.splits, loaded.config.data,
-                                 device=session.device, amp_dtype=session.amp_dtype, channels_last=session.channels_last)
+    payload = save_test_mistakes(folder, shard, confusion, session.model, session, loaded.config)
     recorded = json.loads((run_dir / "mistakes.json").read_text())  # from the run's own (whole, in order) test pass
     assert payload["wrong"] == recorded["wrong"] == int(confusion.sum() - confusion.trace())
     assert [r["index"] for r in payload["mistakes"]] == [r["index"] for r in recorded["mistakes"]]

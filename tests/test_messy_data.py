@@ -343,7 +343,8 @@ def test_file_dataset_decodes_through_to_mode(tmp_path: Path) -> None:
 
 
 def test_evaluating_on_folders_with_other_classes_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from reprocls.experiments.run import evaluate_saved, train_recipe
+    from reprocls.experiments.evaluate import evaluate_saved
+    from reprocls.experiments.run import train_recipe
 
     trained_on = write_random_folder(tmp_path / "trained", {"ant": 6, "bee": 6})
     config = load_config(REPO / "configs/quickstart.yaml", [

@@ -17,7 +17,7 @@ from torch import nn
 from reprocls.config import ConfigError, load_config, to_dict
 from reprocls.engine import checkpoint as ckpt
 from reprocls.engine.checkpoint import CheckpointError, load_checkpoint, newest_valid, prune, write_checkpoint
-from reprocls.engine.train import TrainState, train_one_epoch
+from reprocls.engine.train import Trainee, TrainSettings, TrainState, train_one_epoch
 from reprocls.engine.distributed import World
 from reprocls.experiments.resume import ResumePoint, check_same_experiment, config_hash, restore
 
@@ -125,7 +125,7 @@ def test_resume_on_data_with_other_classes_is_refused() -> None:
     point = ResumePoint(Path("run"), Path("run/checkpoints/step-000000001"),
                         {"config": to_dict(config), "classes": ["cat", "dog"]})
     with pytest.raises(ConfigError, match=r"classes \['cat', 'bird'\] differ from the checkpoint's \['cat', 'dog'\]"):
-        restore(point, config, World(), None, None, None, None, None, ["cat", "bird"])
+        restore(point, config, World(), None, ["cat", "bird"])
 
 
 def test_resume_of_another_recipe_names_the_differing_keys(fmnist_root: Path, tmp_path: Path) -> None:
@@ -253,8 +253,9 @@ def nan_run(policy: str, bad_calls: set[int], saved: list[int]) -> tuple[NaNAt, 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     state = TrainState()
-    train_one_epoch(model, data, optimizer, scheduler, nn.CrossEntropyLoss(), device=CPU, amp_dtype=None, state=state,
-                    on_nonfinite=policy, checkpoint=lambda s: saved.append(s.step), checkpoint_every=1, progress=False)
+    train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss()), data,
+                    TrainSettings(device=CPU, on_nonfinite=policy, checkpoint_every=1, progress=False), state,
+                    checkpoint=lambda s: saved.append(s.step))
     return model, state
 
 
@@ -280,9 +281,9 @@ def test_infinite_gradients_never_reach_the_parameters() -> None:
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(FloatingPointError, match="gradients became non-finite at epoch 1, step 1"):
-        train_one_epoch(model, data, optimizer, scheduler, nn.CrossEntropyLoss(), device=CPU, amp_dtype=None, progress=False)
+        train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss()), data, TrainSettings(device=CPU, progress=False))
     state = TrainState()
-    train_one_epoch(model, data, optimizer, scheduler, nn.CrossEntropyLoss(), device=CPU, amp_dtype=None, state=state,
-                    on_nonfinite="skip", progress=False)
+    train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss()), data,
+                    TrainSettings(device=CPU, on_nonfinite="skip", progress=False), state)
     assert state.nonfinite_skipped == 3
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

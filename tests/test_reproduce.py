@@ -16,9 +16,11 @@ import reprocls.experiments.reproduce as reproduce_module
 from reprocls.cli import main
 from reprocls.config import ConfigError, ReferenceConfig, load_config
 from reprocls.data import load_dataset
-from reprocls.experiments.reproduce import reproduce, write_reproduction_report
+from reprocls.experiments.reproduce import reproduce
+from reprocls.reports.reproduction_page import write_reproduction_page as write_reproduction_report
 from reprocls.experiments.run import reference_gap
-from reprocls.experiments.verdict import describe, judge, t_quantile_975
+from reprocls.metrics.stats import describe, t_quantile_975
+from reprocls.metrics.verdict import judge
 
 REPO = Path(__file__).parent.parent
 TINY = ["data.limit_train=512", "data.limit_eval=256", "schedule.epochs=2", "data.batch_size=64", "train.threads=1",

@@ -16,8 +16,8 @@ from reprocls.data.loaders import TensorLoader
 from reprocls.data.samplers import EpochSampler, epoch_order, shard_indices
 from reprocls.engine.distributed import World, unwrap
 from reprocls.engine.ema import create_ema, ema_decay_at
-from reprocls.engine.train import evaluate, optimizer_step, train_one_epoch
-from reprocls.experiments.run import lr_plan, wrap_for_training
+from reprocls.engine.train import Trainee, TrainSettings, evaluate, optimizer_step, train_one_epoch
+from reprocls.recipe import lr_plan, wrap_for_training
 
 CPU = torch.device("cpu")
 
@@ -43,8 +43,9 @@ def no_norm_model(classes: int = 4) -> nn.Module:
 def run_epoch(model: nn.Module, loader, accum_steps: int = 1, **kwargs) -> torch.optim.lr_scheduler.LRScheduler:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.5, total_iters=10)
-    train_one_epoch(model, loader, optimizer, scheduler, nn.CrossEntropyLoss(), device=CPU, amp_dtype=None,
-                    accum_steps=accum_steps, progress=False, **kwargs)
+    scaler, ema = kwargs.pop("scaler", None), kwargs.pop("ema", None)
+    train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss(), scaler, ema), loader,
+                    TrainSettings(device=CPU, accum_steps=accum_steps, progress=False, **kwargs))
     return scheduler
 
 
@@ -249,8 +250,8 @@ def test_a_step_the_scaler_skips_changes_nothing_and_keeps_the_schedule() -> Non
     optimizer.zero_grad()
     # through the loop: the poisoned step is skipped, so two batches advance the schedule once
     calls["n"] = 0
-    train_one_epoch(model, loader, optimizer, scheduler, nn.CrossEntropyLoss(), device=CPU, amp_dtype=None, scaler=scaler,
-                    progress=False)
+    train_one_epoch(Trainee(model, optimizer, scheduler, nn.CrossEntropyLoss(), scaler), loader,
+                    TrainSettings(device=CPU, progress=False))
     assert scheduler.last_epoch == 1
 
 

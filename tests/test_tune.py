@@ -24,11 +24,14 @@ import pytest
 from optuna.trial import TrialState
 
 from reprocls.cli import build_parser, main
-from reprocls.config import ConfigError, get_key, load_config, to_dict
-from reprocls.experiments.html_report import write_html_report
-from reprocls.experiments.report import read_history
-from reprocls.experiments.tune import (MAX_RETRIES, PRUNERS, SAMPLERS, Requeue, grid_points, load_space, make_pruner,
-                                       parse_space, trial_line, tune, write_best_recipe, write_study_report)
+from reprocls.config import ConfigError, get_key, load_config, load_recipe, to_dict
+from reprocls.experiments.rewrite import rewrite_report as write_html_report
+from reprocls.reports.folders import read_history
+from reprocls.experiments.tune.search import tune
+from reprocls.experiments.tune.space import grid_points, load_space, parse_space
+from reprocls.experiments.tune.storage import MAX_RETRIES, Requeue
+from reprocls.experiments.tune.strategies import PRUNERS, SAMPLERS, make_pruner
+from reprocls.experiments.tune.summary import trial_line, write_best_recipe, write_study_report
 
 REPO = Path(__file__).parent.parent
 RECIPE = str(REPO / "configs/quickstart.yaml")
@@ -146,7 +149,7 @@ def test_a_retry_inherits_the_point_and_the_run_folder_but_not_the_dead_process(
 def test_cli_offers_exactly_the_samplers_and_pruners_tune_knows() -> None:
     commands = next(action for action in build_parser()._actions if action.dest == "command")
     options = {action.dest: action.choices for action in commands.choices["tune"]._actions}
-    assert (tuple(options["sampler"]), tuple(options["pruner"])) == (SAMPLERS, PRUNERS)
+    assert (list(options["sampler"]), list(options["pruner"])) == (SAMPLERS.names(), PRUNERS.names())
     parse_only = ("import sys; from reprocls.cli import parse_args; "
                   "parse_args(['tune', 'r.yaml', '--space', 's.yaml']); print('optuna' in sys.modules)")
     imported = subprocess.run([sys.executable, "-c", parse_only], capture_output=True, text=True, timeout=120,
@@ -218,12 +221,12 @@ def test_a_study_without_a_complete_trial_exits_1_and_refuses_what_would_mix_stu
 
 def test_best_yaml_names_its_base_and_leaves_nothing_behind_when_invalid(tmp_path: Path) -> None:
     summary = {"study": "s", "finished": 3, "best": {"number": 2, "value": 0.5, "params": {"optim.lr": 0.2}}}
-    path = write_best_recipe(summary, None, ["schedule.epochs=3"], tmp_path / "best.yaml")
+    path = write_best_recipe(summary, load_recipe(None, ["schedule.epochs=3"]), tmp_path / "best.yaml")
     assert "# Built from the schema's defaults (no recipe file) with schedule.epochs=3" in path.read_text()
     assert load_config(path).optim.lr == 0.2
     summary["best"]["params"] = {"schedule.warmup_epochs": 40.0}  # longer than training
     with pytest.raises(ConfigError, match="schedule.warmup_epochs"):
-        write_best_recipe(summary, RECIPE, [], tmp_path / "best.yaml")
+        write_best_recipe(summary, load_recipe(RECIPE), tmp_path / "best.yaml")
     assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"] and load_config(path).optim.lr == 0.2
 
 
@@ -336,7 +339,7 @@ def test_an_invalid_combination_fails_its_trial_not_the_study(fmnist_root: Path,
 @pytest.mark.slow
 def test_a_trial_stopped_by_ctrl_c_is_retried_on_the_next_run(fmnist_root: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from reprocls.experiments import tune as tune_module
+    from reprocls.experiments.tune import objective as tune_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

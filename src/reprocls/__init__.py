@@ -1,6 +1,21 @@
-"""reprocls: reproduce image-classification papers with one recipe and one command."""
+"""reprocls: reproduce image-classification papers with one recipe and one command.
 
-from reprocls.models import create_model, list_models, register_model
+The names below load on first use, so `import reprocls.config` (or the command line) does not build the model zoo.
+"""
 
-__version__ = "0.1.0"
-__all__ = ["__version__", "create_model", "list_models", "register_model"]
+from __future__ import annotations
+
+from typing import Any
+
+from reprocls._version import __version__
+
+_LAZY = {"create_model": "reprocls.models", "list_models": "reprocls.models", "register_model": "reprocls.models"}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'reprocls' has no attribute {name!r}")

@@ -9,19 +9,23 @@ import os
 import sys
 import warnings
 
+from reprocls.config import ConfigError, Recipe, RunConfig, describe_keys, load_config, load_recipe, to_dict
 from reprocls.engine.checkpoint import CheckpointError
-from reprocls.config import ConfigError, RunConfig, describe_keys, explicit_keys, load_config, read_recipe, to_dict
 
 
-def doctor_first(args: argparse.Namespace, config: RunConfig) -> None:
+def read_recipe(args: argparse.Namespace) -> Recipe:
+    """The command's recipe and overrides, read and validated once; every later step takes this object."""
+    return load_recipe(args.recipe, args.overrides)
+
+
+def doctor_first(args: argparse.Namespace, recipe: Recipe) -> None:
     """Print the doctor's findings before hours of training (train, reproduce, tune); rank 0 only under torchrun."""
     if args.no_doctor or os.environ.get("RANK", "0") != "0":
         return
-    from reprocls.experiments.doctor import diagnose, format_findings
+    from reprocls.analysis.doctor import diagnose, format_findings
 
     try:
-        findings = diagnose(config, explicit=explicit_keys(read_recipe(args.recipe, args.overrides)),
-                            world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        findings = diagnose(recipe.config, explicit=set(recipe.explicit), world_size=int(os.environ.get("WORLD_SIZE", "1")))
     except ConfigError as error:  # training meets the same problem on every process and stops them all
         print(f"reproduction doctor: could not check this recipe: {error}\n")
         return
@@ -32,17 +36,17 @@ def doctor_first(args: argparse.Namespace, config: RunConfig) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from reprocls.experiments.run import train_recipe
 
-    config = load_config(args.recipe, args.overrides)
-    doctor_first(args, config)
-    train_recipe(config, progress=not args.quiet, resume=args.resume)
+    recipe = read_recipe(args)
+    doctor_first(args, recipe)
+    train_recipe(recipe.config, progress=not args.quiet, resume=args.resume)
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from reprocls.experiments.doctor import diagnose, format_findings
+    from reprocls.analysis.doctor import diagnose, format_findings
 
-    config = load_config(args.recipe, args.overrides)
-    findings = diagnose(config, explicit=explicit_keys(read_recipe(args.recipe, args.overrides)), world_size=args.nproc)
+    recipe = read_recipe(args)
+    findings = diagnose(recipe.config, explicit=set(recipe.explicit), world_size=args.nproc)
     if args.json:
         print(json.dumps([finding.to_dict() for finding in findings], indent=2))
     else:
@@ -51,10 +55,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from reprocls.experiments.tune import tune
+    from reprocls.experiments.tune.search import tune
 
-    doctor_first(args, load_config(args.recipe, args.overrides))
-    summary = tune(args.recipe, args.overrides, space=args.space, sampler=args.sampler, trials=args.trials,
+    recipe = read_recipe(args)
+    doctor_first(args, recipe)
+    summary = tune(recipe, space=args.space, sampler=args.sampler, trials=args.trials,
                    workers=args.workers, pruner=args.pruner, storage=args.storage, study_name=args.study, out=args.out,
                    seed=args.seed, progress=not args.quiet)
     if summary["best"] is None:
@@ -67,15 +72,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from reprocls.experiments.reproduce import reproduce
 
-    config = load_config(args.recipe, args.overrides)
-    doctor_first(args, config)
-    summary = reproduce(config, seeds=args.seeds, first_seed=args.first_seed, out=args.out, resume=args.resume,
+    recipe = read_recipe(args)
+    doctor_first(args, recipe)
+    summary = reproduce(recipe.config, seeds=args.seeds, first_seed=args.first_seed, out=args.out, resume=args.resume,
                         progress=not args.quiet)
     return 0 if summary["verdict"]["status"] in ("reproduced", "within noise", "no reference") else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from reprocls.experiments.compare import compare_runs
+    from reprocls.reports.compare import compare_runs
 
     comparison = compare_runs(args.runs, include_expected=args.all_keys)
     print(json.dumps(comparison.to_dict(), indent=2) if args.json else comparison.format())
@@ -86,9 +91,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reprocls.experiments.html_report import write_html_report
+    from reprocls.experiments.rewrite import rewrite_report
 
-    print(f"report: {write_html_report(args.target)}")
+    print(f"report: {rewrite_report(args.target)}")
     return 0
 
 
@@ -109,15 +114,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from reprocls.experiments.compress_run import export_run
+    from reprocls.experiments.export_run import export_run
 
     export_run(args.target, args.format, out=Path(args.out) if args.out else None)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from reprocls.experiments.report import format_table, percent
-    from reprocls.experiments.run import evaluate_saved
+    from reprocls.experiments.evaluate import evaluate_saved
+    from reprocls.reports.tables import format_table, percent
 
     result = evaluate_saved(args.target, args.split, args.overrides, progress=not args.quiet)
     if args.json:
@@ -136,9 +141,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from reprocls.data import load_dataset
     from reprocls.data.stats import channel_stats
+    from reprocls.recipe import check_names
 
     overrides = [f"data.name={args.dataset}", "data.val_fraction=0"] + ([f"data.root={args.root}"] if args.root else [])
     config = load_config(None, overrides)
+    check_names(config)
     splits = load_dataset(config.data, config.seed)
     mean, std = channel_stats(splits.train, channels=splits.in_chans)
     print(f"{args.dataset}: {len(splits.train)} training images, {splits.in_chans} channel(s)")
@@ -161,7 +168,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(to_dict(load_config(args.recipe, args.overrides)), sort_keys=False), end="")
         return 0
-    rows = describe_keys(RunConfig)
+    from reprocls.recipe import members
+
+    rows = describe_keys(RunConfig, members=members)
     width = max(len(k) for k, _, _ in rows)
     for key, default, help_text in rows:
         print(f"{key.ljust(width)}  {default:>14}  {help_text}" if default else f"{key.ljust(width)}  {'':>14}  {help_text}")
@@ -226,6 +235,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe_help: str, ov
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from reprocls.compress.formats import EXPORT_FORMATS
+    from reprocls.experiments.tune.strategies import PRUNERS, SAMPLERS
+
     parser = argparse.ArgumentParser(prog="reprocls", description="Reproduce image-classification papers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -246,10 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="hyper-parameter search over recipe keys with Optuna")
     add_training_arguments(tune, "the base recipe every trial starts from", "dotted key=value overrides applied to every trial")
     tune.add_argument("--space", required=True, help="search space YAML: recipe key -> distribution or list of choices")
-    tune.add_argument("--sampler", choices=("grid", "random", "tpe"), default="tpe")
+    tune.add_argument("--sampler", choices=SAMPLERS.names(), default="tpe", help="how the next point is chosen")
     tune.add_argument("--trials", type=int, help="trials in total across all workers (grid: default the whole grid)")
     tune.add_argument("--workers", type=int, default=1, help="trials run in parallel on this machine")
-    tune.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
+    tune.add_argument("--pruner", choices=PRUNERS.names(), default="median",
                       help="stop poor trials early from their per-epoch validation top-1")
     tune.add_argument("--storage", help="database URL shared by several machines (default: SQLite in the study folder)")
     tune.add_argument("--study", help="study name (default: the recipe's name)")
@@ -299,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a trained run for deployment, checked against the eager model")
     export.add_argument("target", help="run folder or its model.safetensors")
-    export.add_argument("--format", nargs="+", choices=("onnx", "torch-export", "safetensors"), default=["onnx"])
+    export.add_argument("--format", nargs="+", choices=EXPORT_FORMATS.names(), default=["onnx"])
     export.add_argument("--out", help="output folder (default: RUN/export)")
     export.set_defaults(func=cmd_export)
 
@@ -313,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     stats = data.add_parser("stats", help="per-channel mean/std of a dataset's training split")
-    stats.add_argument("dataset", help="fashion_mnist, mnist, cifar10, cifar100 or image_folder")
+    stats.add_argument("dataset", help="a registered dataset (`reprocls config` lists them beside data.name)")
     stats.add_argument("--root", help="data folder (required for image_folder)")
     stats.set_defaults(func=cmd_data_stats)
     check = data.add_parser("check", help="find files in an image folder that would stop or skew training (exit 1 on errors)")

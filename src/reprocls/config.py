@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -18,10 +19,12 @@ class ConfigError(ValueError):
     """A recipe key or value that cannot be used; the message names the key path and a fix."""
 
 
-def opt(default: Any, help: str, *, check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
-    """A documented config field; `check` validates the value and `rule` says what is allowed."""
+def opt(default: Any, help: str, *, check: Callable[[Any], bool] | None = None, rule: str = "",
+        members: str | None = None) -> Any:
+    """A documented config field; `check` validates the value and `rule` says what is allowed; `members` names the
+    registry whose entries the value picks (its help then lists them, read from the registry itself)."""
     factory = (lambda: list(default)) if isinstance(default, list) else (lambda: dict(default)) if isinstance(default, dict) else None
-    meta = {"help": help, "check": check, "rule": rule}
+    meta = {"help": help, "check": check, "rule": rule, "members": members}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -34,7 +37,8 @@ fraction = dict(check=lambda v: 0 <= v < 1, rule="in [0, 1)")
 
 @dataclass
 class ModelConfig:
-    name: str = opt("resnet20", "registered model name (`reprocls models` lists them) or timm/<name>, torchvision/<name>")
+    name: str = opt("resnet20", "registered model name (`reprocls models` lists them) or timm/<name>, torchvision/<name>",
+                    members="model")
     in_chans: int | None = opt(None, "input channels; null takes the dataset's (1 for the MNIST family, 3 for CIFAR)")
     kwargs: dict[str, Any] = opt({}, "extra keyword arguments for the model builder, e.g. {dropout: 0.3}")
     weights: str | None = opt(None, "checkpoint (safetensors, or a torchvision/timm .pth) to start from")
@@ -47,7 +51,7 @@ class AugmentConfig:
     random_erasing: float = opt(0.0, "probability of erasing a random rectangle (Zhong et al. 2020; 0.5 in the paper)", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
     rrc_scale: list[float] = opt([0.08, 1.0], "imagenet preset: RandomResizedCrop area range (Szegedy et al. 2015)")
     color_jitter: float = opt(0.4, "imagenet preset: brightness/contrast/saturation jitter strength (0: off)", **non_negative)
-    policy: str = opt("none", "per-image policy from transforms.v2: none, randaugment, trivialaugment, autoaugment, augmix")
+    policy: str = opt("none", "per-image policy from transforms.v2, or none", members="augment policy")
     randaugment_ops: int = opt(2, "randaugment: operations per image (N in Cubuk et al. 2020)", **positive)
     randaugment_magnitude: int = opt(9, "randaugment: magnitude of every operation, 0-30 (M in the paper)", check=lambda v: 0 <= v <= 30, rule="in [0, 30]")
     autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = opt("imagenet", "autoaugment: which learned policy (Cubuk et al. 2019)")
@@ -59,7 +63,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    name: str = opt("fashion_mnist", "dataset: fashion_mnist, mnist, cifar10, cifar100 or image_folder")
+    name: str = opt("fashion_mnist", "dataset", members="dataset")
     root: str | None = opt(None, "where the data lives; null looks in $REPROCLS_DATA, then ./.data (and /usr/share/datasets)")
     download: bool = opt(False, "download a standard dataset when it is missing (needs a network)")
     val_fraction: float = opt(0.1, "share of the training set held out for validation, stratified and seeded (0: none)", **fraction)
@@ -83,7 +87,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = opt("sgd", "optimizer")
+    name: str = opt("sgd", "optimizer", members="optimizer")
     lr: float = opt(0.1, "peak learning rate, for a batch of lr_reference_batch images", **positive)
     lr_reference_batch: int | None = opt(None, "batch size `lr` was tuned for; the actual lr is rescaled to the real batch", **positive)
     lr_scaling: Literal["linear", "sqrt"] = opt("linear", "rule for rescaling lr to the batch (Goyal et al. 2017: linear)")
@@ -96,7 +100,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = opt("cosine", "lr schedule: cosine, step, multistep, sgdr, onecycle or constant")
+    name: str = opt("cosine", "lr schedule, stepped every optimizer step", members="schedule")
     epochs: int = opt(30, "training epochs", **positive)
     warmup_epochs: float = opt(0.0, "linear warmup length in epochs (may be fractional), before the main schedule", **non_negative)
     warmup_start_factor: float = opt(0.1, "lr at the start of warmup, as a fraction of the peak", check=lambda v: 0 < v <= 1, rule="in (0, 1]")
@@ -160,7 +164,7 @@ def _resolve_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _strip_optional(hint: Any) -> tuple[Any, bool]:
+def strip_optional(hint: Any) -> tuple[Any, bool]:
     """(inner type, whether None is allowed) for `X | None`."""
     if get_origin(hint) in (Union, types.UnionType):
         args = [a for a in get_args(hint) if a is not type(None)]
@@ -170,7 +174,7 @@ def _strip_optional(hint: Any) -> tuple[Any, bool]:
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:
     """Check `value` against a type hint, converting only where it is lossless (int -> float)."""
-    hint, nullable = _strip_optional(hint)
+    hint, nullable = strip_optional(hint)
     if value is None:
         if nullable:
             return None
@@ -311,9 +315,28 @@ def explicit_keys(raw: dict[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML recipe, apply key=value overrides, validate, and fill the run name."""
-    raw = read_recipe(path, overrides)
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe read once: the validated config, the mapping as written plus overrides (what a search varies and a
+    best.yaml is built from), the dotted keys the author set (what the doctor may comment on), and where it came from."""
+
+    config: RunConfig
+    raw: dict[str, Any]
+    explicit: frozenset[str]
+    path: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    def with_values(self, values: dict[str, Any], **top: Any) -> RunConfig:
+        """The recipe with dotted keys set ({'optim.lr': 0.05}) and top-level keys replaced, validated like any recipe."""
+        raw = copy.deepcopy(self.raw)
+        for key, value in values.items():
+            set_key(raw, key.split("."), value)
+        raw.update(top)
+        return resolve(raw, self.path)
+
+
+def resolve(raw: dict[str, Any], path: str | Path | None = None) -> RunConfig:
+    """Build, fill the run name from the recipe's file name, and check the keys that span sections."""
     config = build(RunConfig, raw)
     if config.name is None:
         config.name = Path(path).stem if path is not None else "run"
@@ -321,20 +344,34 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config
 
 
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe and key=value overrides once, validated: everything later steps need from it."""
+    raw = read_recipe(path, overrides)
+    config = resolve(copy.deepcopy(raw), path)
+    return Recipe(config, raw, frozenset(explicit_keys(raw)), str(path) if path is not None else None, tuple(overrides))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML recipe, apply key=value overrides, validate, and fill the run name."""
+    return load_recipe(path, overrides).config
+
+
 def validate(config: RunConfig) -> None:
     """Checks that span several keys."""
-    if abs(sum(config.data.split) - 1.0) > 1e-6 or len(config.data.split) != 3:
-        raise ConfigError(f"data.split: {config.data.split} must be three ratios (train, val, test) summing to 1")
-    for key in ("mean", "std"):
-        values = getattr(config.data, key)
-        if values is not None and key == "std" and any(v <= 0 for v in values):
-            raise ConfigError(f"data.std: {values} must be positive")
+    data = config.data
+    if len(data.split) != 3 or abs(sum(data.split) - 1.0) > 1e-6:
+        raise ConfigError(f"data.split: {data.split} must be three ratios (train, val, test) summing to 1")
+    if data.std is not None and any(v <= 0 for v in data.std):
+        raise ConfigError(f"data.std: {data.std} must be positive")
+    if data.mean is not None and data.std is not None and len(data.mean) != len(data.std):
+        raise ConfigError(f"data.mean: {data.mean} and data.std: {data.std} must give one value per channel each")
     if len(config.optim.betas) != 2:
         raise ConfigError(f"optim.betas: {config.optim.betas} must be two numbers")
-    if config.data.augment.rrc_scale[0] > config.data.augment.rrc_scale[1] or len(config.data.augment.rrc_scale) != 2:
-        raise ConfigError(f"data.augment.rrc_scale: {config.data.augment.rrc_scale} must be [low, high] with low <= high")
-    if config.data.batch_size % config.train.accum_steps:
-        raise ConfigError(f"train.accum_steps: {config.train.accum_steps} must divide data.batch_size ({config.data.batch_size}) "
+    scale = data.augment.rrc_scale
+    if len(scale) != 2 or scale[0] > scale[1]:
+        raise ConfigError(f"data.augment.rrc_scale: {scale} must be [low, high] with low <= high")
+    if data.batch_size % config.train.accum_steps:
+        raise ConfigError(f"train.accum_steps: {config.train.accum_steps} must divide data.batch_size ({data.batch_size}) "
                           "into equal micro-batches")
     if config.schedule.warmup_epochs >= config.schedule.epochs:
         raise ConfigError(
@@ -352,16 +389,36 @@ def dump(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def describe_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key path, default, help) for every key: the schema's own documentation."""
+Members = Callable[[str], list[str]]
+
+
+def describe_keys(cls: type = RunConfig, prefix: str = "", members: Members | None = None) -> list[tuple[str, str, str]]:
+    """(key path, default, help) for every key: the schema's own documentation. `members(kind)` lists a registry's
+    names; given it, keys that pick a registry entry (model.name, data.name, ...) list the current entries."""
     rows = []
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
-        hint, _ = _strip_optional(_resolve_hints(cls)[f.name])
+        hint, _ = strip_optional(_resolve_hints(cls)[f.name])
         if dataclasses.is_dataclass(hint):
             rows.append((path, "", f.metadata.get("help", "")))
-            rows.extend(describe_keys(hint, f"{path}."))
+            rows.extend(describe_keys(hint, f"{path}.", members))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((path, yaml.safe_dump(default, default_flow_style=True).splitlines()[0], f.metadata.get("help", "")))
+        help_text = f.metadata.get("help", "")
+        kind = f.metadata.get("members")
+        if kind and members is not None:
+            help_text += f" ({', '.join(members(kind))})"
+        rows.append((path, yaml.safe_dump(default, default_flow_style=True).splitlines()[0], help_text))
     return rows
+
+
+def registry_keys(cls: type = RunConfig, prefix: str = "") -> dict[str, str]:
+    """{dotted key: registry kind} for every key whose value names a registry entry."""
+    keys: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        hint, _ = strip_optional(_resolve_hints(cls)[f.name])
+        if dataclasses.is_dataclass(hint):
+            keys.update(registry_keys(hint, f"{prefix}{f.name}."))
+        elif f.metadata.get("members"):
+            keys[f"{prefix}{f.name}"] = f.metadata["members"]
+    return keys

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import torch
 import torchvision
 
+from reprocls._version import __version__
 from reprocls.config import flatten
 
 
@@ -48,13 +49,11 @@ def pip_freeze() -> list[str]:
 
 def environment(*, with_packages: bool = True) -> dict[str, Any]:
     """Python, torch, torchvision, CUDA/cuDNN, CPU/GPU, threads, git state and (optionally) pip freeze."""
-    import reprocls
-
     cuda = torch.cuda.is_available()
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "reprocls": reprocls.__version__,
+        "reprocls": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda if cuda else None,
@@ -63,7 +62,7 @@ def environment(*, with_packages: bool = True) -> dict[str, Any]:
         "cpu_count": __import__("os").cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-        "git": git_state(Path(reprocls.__file__).parent),
+        "git": git_state(Path(__file__).parent),
     }
     if with_packages:
         info["pip_freeze"] = pip_freeze()

@@ -1,4 +1,5 @@
-"""The one registry pattern: models, datasets and schedulers are looked up by name."""
+"""The one registry pattern: models, datasets, optimizers, schedules, policies, export formats, report pages and
+doctor checks are looked up by name."""
 
 from __future__ import annotations
 
@@ -21,18 +22,26 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._info: dict[str, Any] = {}
 
-    def register(self, fn: T | None = None, *, name: str | None = None) -> Any:
-        """Decorator: the builder's own name is its registry name unless `name` is given."""
+    def register(self, fn: T | None = None, *, name: str | None = None, info: Any = None) -> Any:
+        """Decorator: the builder's own name is its registry name unless `name` is given; `info` is what is known
+        about the entry without calling it (a dataset's size and normalisation constants, say)."""
 
         def add(f: T) -> T:
             key = name or f.__name__
             if key in self._entries:
                 raise KeyError(f"{self.kind} {key!r} is already registered (by {self._entries[key].__module__})")
             self._entries[key] = f
+            if info is not None:
+                self._info[key] = info
             return f
 
         return add(fn) if fn is not None else add
+
+    def info(self, name: str) -> Any:
+        """What the entry was registered with (None when nothing was given)."""
+        return self._info.get(name)
 
     def get(self, name: str) -> T:
         """The builder for `name`, or a KeyError that lists the nearest names."""
@@ -48,6 +57,10 @@ class Registry(Generic[T]):
         """Sorted names, optionally filtered by a shell-style pattern such as 'resnet*'."""
         names = sorted(self._entries)
         return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+    def in_order(self) -> list[str]:
+        """Names in the order they were registered (for registries where the order means something)."""
+        return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -33,14 +33,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from reprocls.engine.precision import PRECISIONS, autocast
+from reprocls.models import count_params
+
 Precision = Literal["fp32", "bf16", "fp16"]
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _LOOKS_LIKE_COMPUTE = re.compile(r"conv|mm|matmul|linear|attention|einsum|transformer|tensordot")
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (shared tensors once), as papers and torchvision's `num_params` count them."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def _attention_flops(query: torch.Size, key: torch.Size, value: torch.Size, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
@@ -270,13 +267,6 @@ class ProfileReport:
         return "\n".join([header, *(f"  {key:<{width}}  {value}" for key, value in rows)])
 
 
-def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    """Mixed precision the way training runs it: fp32 weights, bf16/fp16 compute under autocast."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -355,7 +345,7 @@ def profile_model(
     runner = copy.deepcopy(model).to(target).eval()
     counted = count_flops(runner, input_size)  # per image: batch 1
     latencies: list[float] = []
-    with torch.no_grad(), _autocast(target, precision):
+    with torch.no_grad(), autocast(target, PRECISIONS[precision]):
         for index in range(warmup + iters):
             _synchronize(target)
             start = time.perf_counter()
@@ -408,7 +398,7 @@ def _measure_training(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
+        with autocast(device, PRECISIONS[precision]):
             out = trainee(x)
             loss = F.cross_entropy(out.float(), labels) if num_outputs else out.float().square().mean()
         scaler.scale(loss).backward()

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-import reprocls
+from reprocls._version import __version__
 from reprocls.data.images import to_mode
 from reprocls.data.transforms import EVAL_CROP_RATIO, eval_transform, resolve_preset
 from reprocls.models import MODELS, create_model, load_weights
@@ -73,7 +73,7 @@ def _stamped(metadata: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"export metadata lacks {missing}; build it with deployment_metadata() from a run's weights")
     stamped = {"model_kwargs": {}, "resize": "square", **metadata}
-    stamped.update(reprocls_version=reprocls.__version__, torch_version=torch.__version__,
+    stamped.update(reprocls_version=__version__, torch_version=torch.__version__,
                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    input_shape=[stamped["in_chans"], stamped["image_size"], stamped["image_size"]])
     return stamped

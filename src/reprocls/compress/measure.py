@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,5 +27,15 @@ def latency_ms(model: nn.Module, sample: torch.Tensor, batch: int, *, warmup: in
     return statistics.median(timings)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+@dataclass
+class Variant:
+    """One model in the comparison, measured on the same test split and inputs as the others."""
+
+    name: str
+    top1: float
+    params: int | None  # None for INT8 programs, whose weights are graph constants rather than parameters
+    size_bytes: int
+    latency_ms: dict[int, float]
+    macs: int | None = None
+    sparsity: float | None = None
+    notes: str = ""

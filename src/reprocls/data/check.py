@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from PIL import Image, UnidentifiedImageError
 
 from reprocls.config import ConfigError
+from reprocls.data.folders import scan_image_folder
 from reprocls.data.images import IMAGE_EXTENSIONS, conversion_note, to_mode
 from reprocls.progress import Progress
 
@@ -270,8 +271,6 @@ def check_folder(root: str | Path, *, splits_file: str | Path | None = None, wor
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; pass the root of ROOT/<class>/<image files>")
-    from reprocls.data.datasets import scan_image_folder  # here, not at the top: datasets imports this module
-
     split_of = _read_split_names(Path(splits_file)) if splits_file else None
     problems = _layout_problems(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))

@@ -17,7 +17,7 @@ import torchvision
 
 from reprocls.config import ConfigError, DataConfig
 from reprocls.data.check import CATEGORIES, find_unusable
-from reprocls.data.images import IMAGE_EXTENSIONS
+from reprocls.data.folders import scan_image_folder
 from reprocls.data.splits import carve_validation, stratified_split, stratified_subset
 from reprocls.registry import Registry
 
@@ -101,7 +101,16 @@ class DatasetFacts:
     std: tuple[float, ...]
 
 
-KNOWN_FACTS: dict[str, DatasetFacts] = {}  # filled next to each standard dataset's registration
+def known_facts(name: str) -> DatasetFacts | None:
+    """A standard dataset's facts, registered with its loader (None for image folders and datasets without them)."""
+    return DATASETS.info(name) if name in DATASETS else None
+
+
+def convert_stats(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """Normalisation constants for another channel count: grey repeated for RGB, RGB averaged for grey."""
+    if len(values) == channels:
+        return tuple(values)
+    return tuple(values) * channels if len(values) == 1 else (sum(values) / len(values),)
 
 
 def candidate_roots(data: DataConfig) -> list[Path]:
@@ -166,8 +175,6 @@ def _prepare_mnist_root(name: str, folder_name: str, data: DataConfig) -> tuple[
 
 
 def _mnist_like(name: str, cls: type, facts: DatasetFacts) -> Callable[[DataConfig, int], DatasetSplits]:
-    KNOWN_FACTS[name] = facts
-
     def load(data: DataConfig, seed: int) -> DatasetSplits:
         root, download = _prepare_mnist_root(name, cls.__name__, data)
         splits = [cls(str(root), train=is_train, download=download) for is_train in (True, False)]
@@ -179,17 +186,16 @@ def _mnist_like(name: str, cls: type, facts: DatasetFacts) -> Callable[[DataConf
     return load
 
 
-DATASETS.register(_mnist_like("fashion_mnist", torchvision.datasets.FashionMNIST,
-                              DatasetFacts(28, 1, 10, 60_000, (0.2860,), (0.3530,))))
-DATASETS.register(_mnist_like("mnist", torchvision.datasets.MNIST, DatasetFacts(28, 1, 10, 60_000, (0.1307,), (0.3081,))))
+FASHION_MNIST = DatasetFacts(28, 1, 10, 60_000, (0.2860,), (0.3530,))
+MNIST = DatasetFacts(28, 1, 10, 60_000, (0.1307,), (0.3081,))
+DATASETS.register(_mnist_like("fashion_mnist", torchvision.datasets.FashionMNIST, FASHION_MNIST), info=FASHION_MNIST)
+DATASETS.register(_mnist_like("mnist", torchvision.datasets.MNIST, MNIST), info=MNIST)
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR
 
 
 def _cifar(name: str, cls: type, facts: DatasetFacts) -> Callable[[DataConfig, int], DatasetSplits]:
-    KNOWN_FACTS[name] = facts
-
     def load(data: DataConfig, seed: int) -> DatasetSplits:
         roots = candidate_roots(data)
         root = next((r for r in roots if (r / cls.base_folder).is_dir()), roots[0])
@@ -211,29 +217,13 @@ def _cifar(name: str, cls: type, facts: DatasetFacts) -> Callable[[DataConfig, i
     return load
 
 
-DATASETS.register(_cifar("cifar10", torchvision.datasets.CIFAR10,
-                         DatasetFacts(32, 3, 10, 50_000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))))
-DATASETS.register(_cifar("cifar100", torchvision.datasets.CIFAR100,
-                         DatasetFacts(32, 3, 100, 50_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))))
+CIFAR10 = DatasetFacts(32, 3, 10, 50_000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100 = DatasetFacts(32, 3, 100, 50_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+DATASETS.register(_cifar("cifar10", torchvision.datasets.CIFAR10, CIFAR10), info=CIFAR10)
+DATASETS.register(_cifar("cifar100", torchvision.datasets.CIFAR100, CIFAR100), info=CIFAR100)
 
 
 # ---------------------------------------------------------------------------------------- image folders
-
-
-def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes (sub-folder names, sorted) and (relative path, class) samples, skipping hidden files."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist; set data.root to a folder with one sub-folder per class")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise FileNotFoundError(f"{root} has no class sub-folders; expected {root}/<class>/<image files>")
-    samples = []
-    for index, cls in enumerate(classes):
-        for path in sorted((root / cls).rglob("*")):
-            relative = path.relative_to(root)
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in relative.parts):
-                samples.append((relative.as_posix(), index))
-    return classes, samples
 
 
 BAD_IMAGES_LISTED = 20
@@ -335,9 +325,7 @@ def load_dataset(data: DataConfig, seed: int) -> DatasetSplits:
     splits = DATASETS.get(data.name)(data, split_seed(data, seed))
     if data.channels is not None and data.channels != splits.in_chans:
         splits.train, splits.val, splits.test = (_convert_channels(s, data.channels) for s in (splits.train, splits.val, splits.test))
-        grey_to_rgb = data.channels == 3
-        splits.mean = splits.mean * 3 if grey_to_rgb else (sum(splits.mean) / 3,)
-        splits.std = splits.std * 3 if grey_to_rgb else (sum(splits.std) / 3,)
+        splits.mean, splits.std = convert_stats(splits.mean, data.channels), convert_stats(splits.std, data.channels)
         splits.in_chans = data.channels
     if data.mean is not None:
         splits.mean = tuple(data.mean)

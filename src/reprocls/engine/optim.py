@@ -33,13 +33,27 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
     return groups
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or AdamW at the batch-scaled learning rate."""
+OptimizerBuilder = Callable[[list[dict], float, OptimConfig], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer")
+
+
+@OPTIMIZERS.register
+def sgd(groups: list[dict], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, optionally Nesterov's (the classic CNN recipe: He et al. 2016)."""
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+@OPTIMIZERS.register
+def adamw(groups: list[dict], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), the transformer recipe."""
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """The named optimizer at learning rate `lr` (the recipe's, already scaled to the batch: see scaled_lr), with
+    norm weights and biases in an undecayed group unless the recipe decays them."""
     groups = parameter_groups(model, optim.weight_decay, optim.decay_norm_and_bias)
-    lr = scaled_lr(optim, batch_size)
-    if optim.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov and optim.momentum > 0)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas))
+    return OPTIMIZERS.get(optim.name)(groups, lr, optim)
 
 
 SchedulerBuilder = Callable[[torch.optim.Optimizer, ScheduleConfig, int, int], sched.LRScheduler]

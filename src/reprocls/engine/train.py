@@ -83,23 +83,50 @@ Checkpoint = Callable[[TrainState], None]
 NonFinitePolicy = Literal["stop", "skip"]
 
 
-def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, *, device: torch.device,
-                    amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None = None,
-                    grad_clip_norm: float | None = None, accum_steps: int = 1, ema: AveragedModel | None = None,
-                    state: TrainState | None = None, on_nonfinite: NonFinitePolicy = "stop",
-                    checkpoint: Checkpoint | None = None, checkpoint_every: int | None = None,
-                    logger: EpochLogger | None = None, log_every: int = 50, progress: bool = True) -> dict[str, float]:
+@dataclass(frozen=True)
+class TrainSettings:
+    """How the loop trains, fixed for a whole run: where and in what precision, how one optimizer step is formed and
+    guarded, and how often it validates, checkpoints and logs."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
+    num_classes: int = 0  # for the confusion matrix of validation passes
+    epochs: int = 1
+    accum_steps: int = 1  # micro-batches per optimizer step
+    grad_clip_norm: float | None = None
+    on_nonfinite: NonFinitePolicy = "stop"  # a NaN/inf loss or gradient: stop, or skip that step and count it
+    eval_every: int = 1  # validate every N epochs, and after the last
+    checkpoint_every: int | None = None  # optimizer steps between checkpoints (also at every epoch end)
+    log_every: int = 50  # optimizer steps between TensorBoard scalars
+    progress: bool = True
+
+
+@dataclass
+class Trainee:
+    """The model and what updates it: optimizer, schedule, loss, and the optional fp16 scaler and weight average."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    scaler: torch.amp.GradScaler | None = None
+    ema: AveragedModel | None = None
+
+
+def train_one_epoch(trainee: Trainee, loader: Batches, settings: TrainSettings, state: TrainState | None = None, *,
+                    checkpoint: Checkpoint | None = None, logger: EpochLogger | None = None) -> dict[str, float]:
     """One pass over the training split (or its rest, when `state` says the epoch is under way): accum_steps
     micro-batches per optimizer step; the lr schedule and the EMA advance only on steps really taken."""
     state = state if state is not None else TrainState()
+    model, optimizer, scheduler, criterion = trainee.model, trainee.optimizer, trainee.scheduler, trainee.criterion
+    scaler, ema, device, accum_steps = trainee.scaler, trainee.ema, settings.device, settings.accum_steps
     model.train()
     loader.set_epoch(state.epoch, start=state.micro)
     loss_sum = torch.tensor(state.loss_sum, device=device, dtype=torch.float64)
     correct = torch.tensor(state.correct, device=device, dtype=torch.long)
     seen = torch.tensor(state.seen, device=device, dtype=torch.long)
     total_micro = len(loader) // accum_steps * accum_steps
-    bar = Progress(total_micro // accum_steps, f"epoch {state.epoch + 1} train", enabled=progress)
+    bar = Progress(total_micro // accum_steps, f"epoch {state.epoch + 1} train", enabled=settings.progress)
     bar.skip(state.micro // accum_steps)
     start = time.perf_counter()
     images_before = state.seen
@@ -109,11 +136,11 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Op
         # DDP all-reduces gradients on every backward unless told not to: only the step's last micro-batch syncs
         sync = completes_step or not isinstance(model, DistributedDataParallel)
         with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
-            with autocast(device, amp_dtype):
+            with autocast(device, settings.amp_dtype):
                 logits = model(images)
                 loss = criterion(logits, targets)
             finite = bool(torch.isfinite(loss))
-            if not finite and on_nonfinite == "stop":
+            if not finite and settings.on_nonfinite == "stop":
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step + 1}; "
                                          "parameters are unchanged and the last checkpoint is intact. Lower optim.lr, add "
                                          "train.grad_clip_norm, or set train.on_nonfinite=skip")
@@ -128,8 +155,8 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Op
             seen += labels.shape[0]
         if not completes_step:
             continue
-        outcome = optimizer_step(optimizer, model, scaler, grad_clip_norm)
-        if outcome == "nonfinite" and on_nonfinite == "stop":
+        outcome = optimizer_step(optimizer, model, scaler, settings.grad_clip_norm)
+        if outcome == "nonfinite" and settings.on_nonfinite == "stop":
             raise FloatingPointError(f"gradients became non-finite at epoch {state.epoch + 1}, step {state.step + 1}; "
                                      "parameters are unchanged and the last checkpoint is intact. Lower optim.lr, add "
                                      "train.grad_clip_norm, or set train.on_nonfinite=skip")
@@ -141,13 +168,14 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer: torch.optim.Op
             state.nonfinite_skipped += 1
         optimizer.zero_grad(set_to_none=True)
         state.step, state.micro = state.step + 1, micro + 1
-        if logger is not None and state.step % log_every == 0:
+        if logger is not None and state.step % settings.log_every == 0:
             logger.log_step(state.step, {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]})
-        if checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0 and state.micro < total_micro:
+        every = settings.checkpoint_every
+        if checkpoint is not None and every and state.step % every == 0 and state.micro < total_micro:
             state.loss_sum, state.correct, state.seen = float(loss_sum), int(correct), int(seen)
             checkpoint(state)
         die_if_asked(state.step)
-        if progress:  # reading the loss waits for the device: only when someone watches
+        if settings.progress:  # reading the loss waits for the device: only when someone watches
             bar.update(images.shape[0] * accum_steps, loss=f"{loss.item():.3f}")
     bar.close()
     seconds = time.perf_counter() - start
@@ -240,35 +268,28 @@ class FitResult:
     nonfinite_skipped: int = 0
 
 
-def fit(model: nn.Module, train_loader: Batches, val_loader: Iterable | None, optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, *, epochs: int, device: torch.device,
-        amp_dtype: torch.dtype | None, num_classes: int, scaler: torch.amp.GradScaler | None = None,
-        grad_clip_norm: float | None = None, accum_steps: int = 1, ema: AveragedModel | None = None,
-        state: TrainState | None = None, on_nonfinite: NonFinitePolicy = "stop", checkpoint: Checkpoint | None = None,
-        checkpoint_every: int | None = None, eval_every: int = 1, logger: EpochLogger | None = None,
-        log_every: int = 50, progress: bool = True) -> FitResult:
-    """Train from `state` (a fresh one, or a resumed checkpoint's) to `epochs`, validating the raw and EMA weights
-    every `eval_every` epochs and after the last; `checkpoint` is called every `checkpoint_every` steps and at
-    each epoch end."""
+def fit(trainee: Trainee, train_loader: Batches, val_loader: Iterable | None, settings: TrainSettings,
+        state: TrainState | None = None, *, checkpoint: Checkpoint | None = None,
+        logger: EpochLogger | None = None) -> FitResult:
+    """Train from `state` (a fresh one, or a resumed checkpoint's) to settings.epochs, validating the raw and EMA
+    weights every settings.eval_every epochs and after the last; `checkpoint` is called every
+    settings.checkpoint_every steps and at each epoch end."""
     state = state if state is not None else TrainState()
     result = FitResult(history=state.history)
     start = time.perf_counter()
-    while state.epoch < epochs:
+    validate = dict(device=settings.device, amp_dtype=settings.amp_dtype, num_classes=settings.num_classes,
+                    criterion=trainee.criterion, progress=settings.progress)
+    while state.epoch < settings.epochs:
         epoch = state.epoch
-        train = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device=device, amp_dtype=amp_dtype,
-                                scaler=scaler, grad_clip_norm=grad_clip_norm, accum_steps=accum_steps, ema=ema,
-                                state=state, on_nonfinite=on_nonfinite, checkpoint=checkpoint,
-                                checkpoint_every=checkpoint_every, logger=logger, log_every=log_every, progress=progress)
-        record: dict = {"epoch": epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
+        train = train_one_epoch(trainee, train_loader, settings, state, checkpoint=checkpoint, logger=logger)
+        record: dict = {"epoch": epoch + 1, "step": state.step, "lr": trainee.optimizer.param_groups[0]["lr"],
                         **{f"train_{k}": v for k, v in train.items()}}
-        last = epoch + 1 == epochs
-        if val_loader is not None and ((epoch + 1) % eval_every == 0 or last):
-            result.val = evaluate(model, val_loader, device=device, amp_dtype=amp_dtype, num_classes=num_classes,
-                                  criterion=criterion, description=f"epoch {epoch + 1} val", progress=progress)
+        last = epoch + 1 == settings.epochs
+        if val_loader is not None and ((epoch + 1) % settings.eval_every == 0 or last):
+            result.val = evaluate(trainee.model, val_loader, description=f"epoch {epoch + 1} val", **validate)
             record.update({f"val_{k}": v for k, v in result.val.summary().items()})
-            if ema is not None:
-                result.ema_val = evaluate(ema, val_loader, device=device, amp_dtype=amp_dtype, num_classes=num_classes,
-                                          criterion=criterion, description=f"epoch {epoch + 1} val (EMA)", progress=progress)
+            if trainee.ema is not None:
+                result.ema_val = evaluate(trainee.ema, val_loader, description=f"epoch {epoch + 1} val (EMA)", **validate)
                 record.update({f"val_ema_{k}": v for k, v in result.ema_val.summary().items()})
             best_now = max(result.val.top1, result.ema_val.top1 if result.ema_val else 0.0)
             if state.best_val_top1 is None or best_now > state.best_val_top1:

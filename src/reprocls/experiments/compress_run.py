@@ -5,22 +5,26 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 from torch import nn
 
-from reprocls.compress.measure import count_parameters, latency_ms
+from reprocls import run_layout as layout
 from reprocls.analysis.profile import count_flops
+from reprocls.compress.measure import Variant, latency_ms
 from reprocls.compress.prune import iterative_amounts, make_permanent, prune_channels, prune_unstructured, sparsity
 from reprocls.compress.quantize import model_size_bytes
-from reprocls.config import ConfigError, OptimConfig, ScheduleConfig
+from reprocls.config import ConfigError, OptimConfig, ScheduleConfig, build
 from reprocls.data import make_loader
-from reprocls.engine import build_optimizer, build_scheduler, evaluate, fit
-from reprocls.experiments.report import format_grid, markdown_table
-from reprocls.experiments.run import LoadedRun, load_run
+from reprocls.engine import Trainee, TrainSettings, build_optimizer, build_scheduler, evaluate, fit, scaled_lr
+from reprocls.experiments.evaluate import TrainedRun, load_trained_run
+from reprocls.models import count_params
+from reprocls.recipe import build_criterion
+from reprocls.reports.compression import comparison_rows, plot_comparison
+from reprocls.reports.plots import save
+from reprocls.reports.tables import format_grid, markdown_table
 
 PruneMethod = Literal["none", "unstructured", "structured"]
 QuantizeMethod = Literal["none", "dynamic", "static", "qat"]
@@ -53,25 +57,9 @@ class CompressPlan:
             raise ConfigError("--quantize qat needs --finetune-epochs N > 0 (quantization-aware training is fine-tuning)")
 
 
-@dataclass
-class Variant:
-    """One model in the comparison, measured on the same test split and inputs as the others."""
-
-    name: str
-    top1: float
-    params: int | None  # None for INT8 programs, whose weights are graph constants rather than parameters
-    size_bytes: int
-    latency_ms: dict[int, float]
-    macs: int | None = None
-    sparsity: float | None = None
-    notes: str = ""
-
-
 def load_plan(path: str | Path) -> CompressPlan:
     """A compression recipe from YAML: the same keys as CompressPlan, unknown ones rejected with a suggestion."""
     import yaml
-
-    from reprocls.config import build
 
     path = Path(path)
     if not path.exists():
@@ -95,7 +83,7 @@ def parse_prune(text: str) -> tuple[PruneMethod, float]:
 class Compressor:
     """Builds each variant of a loaded run and measures it; every step is a method a reader can follow in order."""
 
-    def __init__(self, loaded: LoadedRun, plan: CompressPlan, say: Callable[[str], None] = print,
+    def __init__(self, loaded: TrainedRun, plan: CompressPlan, say: Callable[[str], None] = print,
                  progress: bool = False) -> None:
         self.loaded, self.plan, self.say, self.progress = loaded, plan, say, progress
         session, config = loaded.session, loaded.config
@@ -120,7 +108,7 @@ class Compressor:
         latencies = {b: latency_ms(model, self.sample, b) for b in self.plan.batches}
         int8 = notes.startswith("int8")  # INT8 programs hold their weights as graph constants, not conv/linear modules
         macs = None if int8 else int(count_flops(model, tuple(self.sample.shape))["macs"])
-        params = None if int8 else count_parameters(model)
+        params = None if int8 else count_params(model)
         zeros = None if int8 else sparsity(model).fraction
         variant = Variant(name, self.top1(model), params, model_size_bytes(model), latencies, macs, zeros, notes)
         self.say(f"  {name}: top-1 {100 * variant.top1:.2f} %, " +
@@ -130,13 +118,11 @@ class Compressor:
     def finetune(self, model: nn.Module, epochs: int, *, amp: bool = True) -> None:
         """A short cosine fine-tune with the recipe's optimizer at a fraction of its learning rate."""
         optim = OptimConfig(**{**asdict(self.config.optim), "lr": self.config.optim.lr * self.plan.finetune_lr_factor})
-        optimizer = build_optimizer(model, optim, self.config.data.batch_size)
-        schedule = ScheduleConfig(name="cosine", epochs=epochs)
-        scheduler = build_scheduler(optimizer, schedule, len(self.train_loader))
-        fit(model, self.train_loader, None, optimizer, scheduler,
-            nn.CrossEntropyLoss(label_smoothing=self.config.train.label_smoothing), epochs=epochs, device=self.device,
-            amp_dtype=self.loaded.session.amp_dtype if amp else None, num_classes=self.splits.num_classes,
-            progress=self.progress)
+        optimizer = build_optimizer(model, optim, scaled_lr(optim, self.config.data.batch_size))
+        scheduler = build_scheduler(optimizer, ScheduleConfig(name="cosine", epochs=epochs), len(self.train_loader))
+        settings = TrainSettings(device=self.device, amp_dtype=self.loaded.session.amp_dtype if amp else None,
+                                 num_classes=self.splits.num_classes, epochs=epochs, progress=self.progress)
+        fit(Trainee(model, optimizer, scheduler, build_criterion(self.config)), self.train_loader, None, settings)
         model.eval()
 
     def pruned(self, model: nn.Module) -> nn.Module:
@@ -191,101 +177,25 @@ class Compressor:
         return variants
 
 
-def comparison_rows(variants: list[Variant]) -> list[list[str]]:
-    """The comparison table: accuracy change, size, MACs and latency relative to the fp32 original."""
-    base = variants[0]
-    batches = list(base.latency_ms)
-    header = ["variant", "test top-1", "change", "params", "MACs", "zeros", "size"] + [f"batch {b}" for b in batches]
-    rows = [header]
-    for v in variants:
-        lat = [f"{v.latency_ms[b]:.2f} ms ({base.latency_ms[b] / v.latency_ms[b]:.2f}x)" for b in batches]
-        rows.append([v.name, f"{100 * v.top1:.2f} %", f"{100 * (v.top1 - base.top1):+.2f}",
-                     f"{v.params / 1e6:.3f} M" if v.params is not None else "-",
-                     f"{v.macs / 1e6:.1f} M" if v.macs is not None else "-",
-                     f"{100 * v.sparsity:.0f} %" if v.sparsity is not None else "-",
-                     f"{v.size_bytes / 2**20:.2f} MiB ({v.size_bytes / base.size_bytes:.2f}x)", *lat])
-    return rows
-
-
-def plot_comparison(variants: list[Variant], path: Path) -> None:
-    """Accuracy against latency at the largest batch, marker area proportional to size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    batch = max(variants[0].latency_ms)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    biggest = max(v.size_bytes for v in variants)
-    for v in variants:
-        ax.scatter(v.latency_ms[batch], 100 * v.top1, s=40 + 600 * v.size_bytes / biggest, alpha=0.6)
-        ax.annotate(f"{v.name}\n{v.size_bytes / 2**20:.2f} MiB", (v.latency_ms[batch], 100 * v.top1),
-                    textcoords="offset points", xytext=(8, 4), fontsize=8)
-    ax.set_xlabel(f"latency at batch {batch} (ms, CPU)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("accuracy vs latency (marker area: size)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def compress_run(target: str | Path, plan: CompressPlan, *, out: Path | None = None, say: Callable[[str], None] = print,
                  progress: bool = False) -> tuple[Path, list[Variant]]:
     """Compress a trained run as planned; writes compare.json, compare.md and compare.png into a new folder."""
     plan.validate()
     if plan.threads:
         torch.set_num_threads(plan.threads)
-    loaded = load_run(target, device=torch.device("cpu"))
-    base = loaded.run_dir or loaded.weights.parent
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    folder = out or base / f"compress-{stamp}"
-    folder.mkdir(parents=True, exist_ok=True)
+    loaded = load_trained_run(target, device=torch.device("cpu"))
+    if out is not None:
+        folder = out
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = layout.new_stamped_folder(loaded.run_dir or loaded.weights.parent, "compress")
     say(f"compressing {loaded.config.model.name} from {loaded.weights} into {folder}")
     variants = Compressor(loaded, plan, say, progress).run()
     rows = comparison_rows(variants)
-    (folder / "compare.json").write_text(json.dumps({"plan": asdict(plan), "threads": torch.get_num_threads(),
-                                                      "variants": [asdict(v) for v in variants]}, indent=2))
-    (folder / "compare.md").write_text(markdown_table(rows))
-    plot_comparison(variants, folder / "compare.png")
+    (folder / layout.COMPARE_JSON).write_text(json.dumps({"plan": asdict(plan), "threads": torch.get_num_threads(),
+                                                           "variants": [asdict(v) for v in variants]}, indent=2))
+    (folder / layout.COMPARE_MD).write_text(markdown_table(rows))
+    save(plot_comparison(variants), folder / layout.COMPARE_PNG)
     say("\n" + format_grid(rows))
-    say(f"\ncomparison: {folder / 'compare.md'}, plot: {folder / 'compare.png'}")
+    say(f"\ncomparison: {folder / layout.COMPARE_MD}, plot: {folder / layout.COMPARE_PNG}")
     return folder, variants
-
-
-ExportFormat = Literal["onnx", "torch-export", "safetensors"]
-
-
-def export_run(target: str | Path, formats: list[ExportFormat], *, out: Path | None = None,
-               say: Callable[[str], None] = print) -> list[Path]:
-    """Export a run's model for deployment, each format checked against the eager model on real test images."""
-    from reprocls.compress import export
-
-    loaded = load_run(target, device=torch.device("cpu"))
-    folder = out or (loaded.run_dir or loaded.weights.parent) / "export"
-    folder.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(loaded.session.model).to(memory_format=torch.contiguous_format).float().eval()
-    splits, config = loaded.session.splits, loaded.config
-    loader = make_loader(splits.test, splits, config.data, train=False, device=torch.device("cpu"), seed=config.seed,
-                         channels_last=False)
-    images = next(iter(loader))[0][:32]
-    metadata = export.deployment_metadata(loaded.metadata)
-    stem = config.model.name
-    written: list[Path] = []
-    for fmt in formats:
-        if fmt == "onnx":
-            path = export.export_onnx(model, images[:1], folder / f"{stem}.onnx", metadata=metadata)
-            diff = export.verify_onnx(path, model, images)
-            say(f"  {path}: onnxruntime matches eager on {len(images)} test images (max abs diff {diff:.2e})")
-            written.append(path)
-        elif fmt == "torch-export":
-            path = export.export_program(model, images[:1], folder / f"{stem}.pt2")
-            with torch.inference_mode():
-                diff = float((export.load_program(path)(images) - model(images)).abs().max())
-            say(f"  {path}: torch.export program matches eager (max abs diff {diff:.2e})")
-            written.append(path)
-        else:
-            weights, sidecar = export.export_safetensors(model, folder / f"{stem}.safetensors", metadata)
-            say(f"  {weights} + {sidecar.name}: weights and preprocessing metadata")
-            written += [weights, sidecar]
-    return written

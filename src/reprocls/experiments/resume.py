@@ -8,18 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
-from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
+from reprocls import run_layout as layout
 from reprocls.config import ConfigError, RunConfig, flatten, to_dict
 from reprocls.engine.checkpoint import (CheckpointError, load_checkpoint, newest_valid, prune, restore_rng_states,
                                         rng_states, verify, write_checkpoint)
 from reprocls.engine.distributed import World, unwrap
-from reprocls.engine.train import TrainState
-
-CHECKPOINTS = "checkpoints"
+from reprocls.engine.train import Trainee, TrainState
 # Keys that change how a run is observed or where it reads and writes, never what it computes.
 HARMLESS_KEYS = ("name", "output_dir", "data.root", "data.download", "data.workers", "data.eval_batch_size",
                  "train.log_every", "train.threads", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
@@ -64,14 +60,14 @@ def find_resume_point(config: RunConfig, resume: str) -> ResumePoint | None:
     if resume == "auto":
         runs = sorted(Path(config.output_dir).glob(f"{config.name}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
         for run_dir in runs:
-            found = newest_valid(run_dir / CHECKPOINTS)
+            found = newest_valid(run_dir / layout.CHECKPOINTS)
             if found is not None:
                 return ResumePoint(run_dir, *found)
         return None
     path = Path(resume)
     if (path / "manifest.json").exists():
         return ResumePoint(path.parent.parent, path, verify(path))
-    found = newest_valid(path / CHECKPOINTS)
+    found = newest_valid(path / layout.CHECKPOINTS)
     if found is None:
         raise CheckpointError(f"--resume {resume}: no intact checkpoint there; pass a run folder with checkpoints/ or one "
                               "checkpoints/step-N folder, or --resume auto")
@@ -90,12 +86,8 @@ def agree_on(value: Any, world: World) -> Any:
 class Checkpointer:
     """Saves everything a bitwise-exact resume needs into <run>/checkpoints/, on rank 0 only."""
 
-    def __init__(self, folder: Path | None, config: RunConfig, world: World, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None,
-                 ema: AveragedModel | None, classes: list[str]) -> None:
-        self.folder, self.config, self.world = folder, config, world
-        self.model, self.optimizer, self.scheduler, self.scaler, self.ema, self.classes = (model, optimizer, scheduler,
-                                                                                         scaler, ema, classes)
+    def __init__(self, folder: Path | None, config: RunConfig, world: World, trainee: Trainee, classes: list[str]) -> None:
+        self.folder, self.config, self.world, self.trainee, self.classes = folder, config, world, trainee, classes
 
     def __call__(self, state: TrainState) -> None:
         mine = {"rng": rng_states(), "loss_sum": state.loss_sum, "correct": state.correct, "seen": state.seen}
@@ -105,33 +97,33 @@ class Checkpointer:
             dist.all_gather_object(ranks, mine)  # each process's RNG streams and partial-epoch sums
         if self.folder is None:
             return
-        tensors = {f"model.{k}": v for k, v in unwrap(self.model).state_dict().items()}
-        if self.ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        training = {"state": state.to_dict(), "ranks": ranks, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
+        trainee = self.trainee
+        tensors = {f"model.{k}": v for k, v in unwrap(trainee.model).state_dict().items()}
+        if trainee.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in trainee.ema.state_dict().items()})
+        training = {"state": state.to_dict(), "ranks": ranks, "optimizer": trainee.optimizer.state_dict(),
+                    "scheduler": trainee.scheduler.state_dict(),
+                    "scaler": trainee.scaler.state_dict() if trainee.scaler else None}
         info = {"epoch": state.epoch, "micro": state.micro, "world_size": self.world.world_size, "classes": self.classes,
                 "config_hash": config_hash(self.config), "config": to_dict(self.config)}
         write_checkpoint(self.folder, state.step, tensors, training, info)
         prune(self.folder, self.config.train.keep_checkpoints, state.best_step)
 
 
-def restore(point: ResumePoint, config: RunConfig, world: World, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None,
-            ema: AveragedModel | None, classes: list[str]) -> TrainState:
+def restore(point: ResumePoint, config: RunConfig, world: World, trainee: Trainee, classes: list[str]) -> TrainState:
     """Load a checkpoint into freshly built objects and every RNG; returns the training position to continue from."""
     check_same_experiment(point.manifest["config"], config)
     if point.manifest.get("classes") != classes:
         raise ConfigError(f"cannot resume: the data's classes {classes} differ from the checkpoint's "
                           f"{point.manifest.get('classes')}")
     tensors, training, _ = load_checkpoint(point.checkpoint)
-    unwrap(model).load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
-    optimizer.load_state_dict(training["optimizer"])
-    scheduler.load_state_dict(training["scheduler"])
-    if scaler is not None and training["scaler"]:
-        scaler.load_state_dict(training["scaler"])
+    unwrap(trainee.model).load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if trainee.ema is not None:
+        trainee.ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+    trainee.optimizer.load_state_dict(training["optimizer"])
+    trainee.scheduler.load_state_dict(training["scheduler"])
+    if trainee.scaler is not None and training["scaler"]:
+        trainee.scaler.load_state_dict(training["scaler"])
     state = TrainState.from_dict(training["state"])
     ranks = training["ranks"]
     if world.rank < len(ranks) and len(ranks) == world.world_size:

@@ -23,18 +23,3 @@ def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
     """Recall of each class (diagonal over row sums); NaN for a class with no samples."""
     totals = confusion.sum(1).double()
     return (confusion.diag().double() / totals).tolist()
-
-
-class Mean:
-    """A running weighted mean (loss per sample, accuracy per sample)."""
-
-    def __init__(self) -> None:
-        self.total, self.count = 0.0, 0
-
-    def update(self, value: float, weight: int = 1) -> None:
-        self.total += value * weight
-        self.count += weight
-
-    @property
-    def value(self) -> float:
-        return self.total / max(self.count, 1)

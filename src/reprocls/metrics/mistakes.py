@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,23 @@ class PredictionLog:
         order = torch.sort(confidence[wrong], descending=True, stable=True).indices[:limit]
         return [Mistake(int(i), int(self.labels[i]), int(predicted[i]), float(confidence[i]), float(true_confidence[i]))
                 for i in wrong[order].tolist()]
+
+
+class RecordingModel(nn.Module):
+    """Passes images through `model` and hands every batch's logits to a PredictionLog on the way out."""
+
+    def __init__(self, model: nn.Module, log: PredictionLog) -> None:
+        super().__init__()
+        self.model, self.log = model, log
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)
+        self.log.add(logits)
+        return logits
+
+
+def covers_split(log: PredictionLog, confusion: torch.Tensor) -> bool:
+    """Whether a log recorded during evaluation matches it: every image once, and the same number of mistakes
+    as the confusion matrix counts (a loader that shards or reorders the split fails this)."""
+    errors = int(confusion.sum() - confusion.trace())
+    return log.complete and int(log.wrong().sum()) == errors

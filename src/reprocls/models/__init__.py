@@ -87,6 +87,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         )
 
 
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared tensors once), as papers and torchvision's `num_params` count them."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def warn_if_input_too_small(model: nn.Module, image_size: int) -> str | None:
     """Warn when a network designed for large images (a downsampling stem, default >= 128 px) meets <= 64 px inputs."""
     stride = getattr(model, "stem_stride", 1)
@@ -107,4 +112,4 @@ for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["MODELS", "create_model", "list_models", "load_weights", "read_state_dict", "register_model", "warn_if_input_too_small"]
+__all__ = ["MODELS", "count_params", "create_model", "list_models", "load_weights", "read_state_dict", "register_model", "warn_if_input_too_small"]

@@ -1,8 +1,5 @@
-"""The test images a trained model gets wrong with the most confidence: mistakes.json and the mistakes.png grid.
-
-They are recorded during the run's own test pass (no extra inference) when that pass saw the whole split in
-order; otherwise (distributed evaluation, a run from before this existed) one plain pass over the split finds them.
-"""
+"""The test images a trained model gets wrong with the most confidence, from a prediction log: mistakes.json and
+the mistakes.png grid of the stored, un-normalised images."""
 
 from __future__ import annotations
 
@@ -15,56 +12,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
 
-from reprocls.config import DataConfig  # noqa: E402
-from reprocls.data import DatasetSplits, FileSplit, TensorSplit, make_loader  # noqa: E402
+from reprocls import run_layout as layout  # noqa: E402
+from reprocls.data import DatasetSplits, FileSplit, TensorSplit  # noqa: E402
 from reprocls.data.datasets import Split  # noqa: E402
 from reprocls.data.images import to_mode  # noqa: E402
-from reprocls.engine.precision import autocast  # noqa: E402
-from reprocls.metrics.mistakes import Mistake, PredictionLog  # noqa: E402
 from reprocls.files import atomic_write_json  # noqa: E402
+from reprocls.metrics.mistakes import Mistake, PredictionLog  # noqa: E402
 
-MISTAKES_JSON = "mistakes.json"
-MISTAKES_PNG = "mistakes.png"
 MISTAKES_SHOWN = 32  # four rows of eight: enough to see a pattern, small enough to read
 GRID_COLUMNS = 8
 THUMBNAIL_SIZE = 96  # longest side of a file image in the grid, in pixels; in-memory images keep their own size
-
-
-class RecordingModel(nn.Module):
-    """Passes images through `model` and hands every batch's logits to a PredictionLog on the way out."""
-
-    def __init__(self, model: nn.Module, log: PredictionLog) -> None:
-        super().__init__()
-        self.model, self.log = model, log
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model(images)
-        self.log.add(logits)
-        return logits
-
-
-def covers_split(log: PredictionLog, confusion: torch.Tensor) -> bool:
-    """Whether a log recorded during evaluation matches it: every image once, and the same number of mistakes
-    as the confusion matrix counts (a loader that shards or reorders the split fails this)."""
-    errors = int(confusion.sum() - confusion.trace())
-    return log.complete and int(log.wrong().sum()) == errors
-
-
-@torch.no_grad()
-def predict_split(model: nn.Module, split: Split, splits: DatasetSplits, data: DataConfig, *, device: torch.device,
-                  amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> PredictionLog:
-    """One evaluation pass over a whole split in order, with the run's own preprocessing, recording predictions."""
-    loader = make_loader(split, splits, data, train=False, device=device, seed=0, channels_last=channels_last)
-    log = PredictionLog(split.labels)
-    model.eval()
-    for images, _ in loader:
-        with autocast(device, amp_dtype):
-            log.add(model(images))
-    return log
 
 
 def raw_image(split: Split, index: int, channels: int, thumbnail: int = THUMBNAIL_SIZE) -> np.ndarray:
@@ -132,18 +91,8 @@ def write_mistakes(run_dir: Path, log: PredictionLog, splits: DatasetSplits, *, 
                "mistakes": rows}
     if mistakes:
         plot_mistakes([raw_image(split, m.index, splits.in_chans) for m in mistakes], mistakes, splits.classes,
-                      run_dir / MISTAKES_PNG)
+                      run_dir / layout.MISTAKES_PNG)
     else:
-        (run_dir / MISTAKES_PNG).unlink(missing_ok=True)
-    atomic_write_json(run_dir / MISTAKES_JSON, payload)
+        (run_dir / layout.MISTAKES_PNG).unlink(missing_ok=True)
+    atomic_write_json(run_dir / layout.MISTAKES_JSON, payload)
     return payload
-
-
-def save_test_mistakes(run_dir: Path, recorded: PredictionLog, confusion: torch.Tensor, model: nn.Module,
-                       splits: DatasetSplits, data: DataConfig, *, device: torch.device, amp_dtype: torch.dtype | None,
-                       channels_last: bool) -> dict[str, Any]:
-    """The test mistakes from the log recorded during the test pass, or from a pass of their own when that log
-    does not cover the split in order (each process of a distributed run evaluates only its shard)."""
-    log = recorded if covers_split(recorded, confusion) else predict_split(
-        model, splits.test, splits, data, device=device, amp_dtype=amp_dtype, channels_last=channels_last)
-    return write_mistakes(run_dir, log, splits)

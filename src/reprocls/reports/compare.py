@@ -14,29 +14,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
 from reprocls.config import ConfigError, flatten  # noqa: E402
 from reprocls.envinfo import differing_values, environment_differences  # noqa: E402
-from reprocls.experiments import html  # noqa: E402
-from reprocls.experiments.report import format_grid, format_metric, plot_validation_runs, read_history  # noqa: E402
+from reprocls.reports import html  # noqa: E402
+from reprocls.reports.folders import FinishedRun, read_finished_run  # noqa: E402
+from reprocls.reports.plots import plot_class_bars, plot_validation_runs  # noqa: E402
+from reprocls.reports.tables import format_grid, format_metric  # noqa: E402
 
-RUN_FILES = ("results.json", "config.yaml", "environment.json")
 # Keys that differ between any two runs by construction; shown only with include_expected=True.
 EXPECTED_TO_DIFFER = ("name", "output_dir")
 BEST_MARK = " *"
 
 
 @dataclass
-class RunInfo:
-    """One finished run folder as the comparison reads it."""
+class ComparedRun(FinishedRun):
+    """A finished run with the column name it gets in the comparison."""
 
-    path: Path
-    label: str
-    results: dict[str, Any]
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    history: list[dict[str, Any]]
+    label: str = ""
 
 
 @dataclass
@@ -63,7 +58,7 @@ class MetricRow:
         return text + BEST_MARK if index in self.best() else text
 
 
-def metric_rows(runs: Sequence[RunInfo]) -> list[MetricRow]:
+def metric_rows(runs: Sequence[ComparedRun]) -> list[MetricRow]:
     """The numbers compared, each read from results.json (None where a run has no such number)."""
     def read(results: dict[str, Any], key: str) -> float | None:
         test, val, reference = results.get("test") or {}, results.get("val") or {}, results.get("reference") or {}
@@ -94,28 +89,11 @@ def short_labels(paths: Sequence[Path], names: Sequence[str]) -> list[str]:
     return [f"run {i + 1}" for i in range(len(paths))]
 
 
-def load_run_folder(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """(folder, results, config as saved, environment, validation history) of a finished run; a missing file is an
-    error that names it."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; pass finished run folders (each holds {', '.join(RUN_FILES)})")
-    missing = [name for name in RUN_FILES if not (folder / name).exists()]
-    if missing:
-        hint = ("it is a reproduction folder: pass its seeds/<run> folders instead" if (folder / "reproduction.json").exists()
-                else "is the run finished? Resume it with reprocls train RECIPE --resume PATH, or pass another run folder")
-        raise FileNotFoundError(f"{folder} has no {', '.join(missing)}: {hint}")
-    results = json.loads((folder / "results.json").read_text())
-    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    environment = json.loads((folder / "environment.json").read_text())
-    return folder, results, config, environment, read_history(folder)
-
-
 @dataclass
 class Comparison:
     """Runs side by side: metrics with the best marked, the config keys that differ, and the environment that differs."""
 
-    runs: list[RunInfo]
+    runs: list[ComparedRun]
     metrics: list[MetricRow]
     config_differences: dict[str, list[Any]]
     config_equal: int
@@ -213,7 +191,7 @@ class Comparison:
         return html.write_page(path, document)
 
 
-def plot_accuracy(runs: Sequence[RunInfo]) -> Figure:
+def plot_accuracy(runs: Sequence[ComparedRun]) -> Figure:
     """Test top-1 and top-5 bars per run, with each run's reported reference as a marker when it has one."""
     x = np.arange(len(runs))
     top1 = [100 * (run.results.get("test") or {}).get("top1", 0.0) for run in runs]
@@ -236,24 +214,13 @@ def plot_accuracy(runs: Sequence[RunInfo]) -> Figure:
     return fig
 
 
-def plot_per_class(runs: Sequence[RunInfo]) -> Figure | None:
-    """Grouped bars of test accuracy per class, or None when the runs do not share their classes."""
+def plot_per_class(runs: Sequence[ComparedRun]) -> Figure | None:
+    """Test accuracy per class, runs side by side, or None when the runs do not share their classes."""
     per_class = [(run.results.get("test") or {}).get("per_class") for run in runs]
     if not all(per_class) or any(list(p) != list(per_class[0]) for p in per_class):
         return None
     classes = list(per_class[0])
-    width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.7 * len(classes) * max(1, len(runs) / 2)), 3.8))
-    for index, (run, values) in enumerate(zip(runs, per_class)):
-        ax.bar(np.arange(len(classes)) + (index - (len(runs) - 1) / 2) * width, [100 * values[c] for c in classes], width,
-               label=run.label)
-    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_ylim(0, 105)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return plot_class_bars(classes, {run.label: [100 * values[c] for c in classes] for run, values in zip(runs, per_class)})
 
 
 def compare_runs(paths: Sequence[str | Path], *, include_expected: bool = False) -> Comparison:
@@ -262,10 +229,9 @@ def compare_runs(paths: Sequence[str | Path], *, include_expected: bool = False)
     if len(paths) < 2:
         raise ConfigError(f"compare needs at least two run folders, got {len(paths)} ({', '.join(map(str, paths)) or 'none'}); "
                           "pass e.g. reprocls compare runs/a-<stamp> runs/b-<stamp>")
-    loaded = [load_run_folder(path) for path in paths]
-    labels = short_labels([item[0] for item in loaded], [str(item[2].get("name") or "") for item in loaded])
-    runs = [RunInfo(folder, label, results, config, environment, history)
-            for (folder, results, config, environment, history), label in zip(loaded, labels)]
+    loaded = [read_finished_run(path) for path in paths]
+    labels = short_labels([run.path for run in loaded], [str(run.config.get("name") or "") for run in loaded])
+    runs = [ComparedRun(**vars(run), label=label) for run, label in zip(loaded, labels)]
     flat_configs = [flatten(run.config) for run in runs]
     ignore = [] if include_expected else [k for k in EXPECTED_TO_DIFFER if any(k in flat for flat in flat_configs)]
     config_differences, config_equal = differing_values([{k: v for k, v in flat.items() if k not in ignore}

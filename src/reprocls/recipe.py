@@ -1,0 +1,204 @@
+"""A recipe turned into objects, in one place: names checked, seeds set, data loaded, the model built, the learning
+rate planned, the optimizer, schedule, loss, scaler and weight average made, and the model wrapped for
+SyncBatchNorm, DDP and torch.compile. Every command that trains, evaluates, checks or compresses a recipe asks this
+module, so they all build the same thing from the same recipe."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from reprocls.config import ConfigError, RunConfig, registry_keys, get_key, to_dict
+from reprocls.data import DATASETS, load_dataset
+from reprocls.data.augment import POLICIES
+from reprocls.data.datasets import DatasetSplits
+from reprocls.engine import (OPTIMIZERS, SCHEDULERS, Trainee, TrainSettings, build_optimizer, build_scheduler,
+                             resolve_channels_last, resolve_device, resolve_precision, scaled_lr)
+from reprocls.engine.distributed import World
+from reprocls.engine.ema import create_ema
+from reprocls.models import MODELS, create_model, warn_if_input_too_small
+from reprocls.registry import Registry, suggest
+
+# The registries a recipe key picks from, by the kind its schema field names (config.opt(members=...)).
+REGISTRIES: dict[str, Registry] = {registry.kind: registry for registry in (MODELS, DATASETS, SCHEDULERS, OPTIMIZERS, POLICIES)}
+NO_POLICY = "none"
+
+
+def members(kind: str) -> list[str]:
+    """The names a registry-backed key accepts now (what `reprocls config` lists beside the key)."""
+    names = REGISTRIES[kind].names()
+    return [NO_POLICY, *names] if kind == POLICIES.kind else names
+
+
+class DataShape(Protocol):
+    """What a model must be sized for: DatasetSplits has it, and so do a dataset's registered facts."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A DataShape written out, for building a model without loading its data."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_names(config: RunConfig) -> None:
+    """Fail before any work when a key names an unknown model, dataset, schedule, optimizer or policy, naming the key
+    and the nearest registered names."""
+    values = to_dict(config)
+    for key, kind in registry_keys().items():
+        value = get_key(values, key.split("."))
+        if kind == "model" and "/" in value:
+            continue  # timm/<name> or torchvision/<name>: that library checks the name
+        choices = members(kind)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of the registered {kind}s ({', '.join(choices)})."
+                              f"{suggest(value, choices)}")
+
+
+def model_kwargs(config: RunConfig, shape: DataShape) -> dict[str, Any]:
+    """The builder's keyword arguments: the recipe's model.kwargs, sized for the data's classes, channels and (for
+    token-grid models) image size."""
+    kwargs = dict(config.model.kwargs)
+    kwargs.update(num_classes=shape.num_classes, in_chans=config.model.in_chans or shape.in_chans)
+    name = config.model.name
+    if "/" not in name and name in MODELS and "img_size" in inspect.signature(MODELS.get(name)).parameters:
+        kwargs.setdefault("img_size", shape.image_size)
+    return kwargs
+
+
+def build_model(config: RunConfig, shape: DataShape, *, meta: bool = False) -> nn.Module:
+    """The recipe's model sized for the data. `meta`: on the meta device, for looking at its structure without
+    memory or weights (the doctor); otherwise the recipe's weights are loaded and one tiny forward proves the model
+    takes the data's image size."""
+    kwargs = model_kwargs(config, shape)
+    name = config.model.name
+    try:
+        if meta:
+            try:
+                with torch.device("meta"):
+                    return create_model(name, **kwargs)
+            except (RuntimeError, NotImplementedError):  # an initialiser without a meta kernel: build it for real
+                return create_model(name, **kwargs)
+        model = create_model(name, weights=config.model.weights, **kwargs)
+    except TypeError as error:
+        raise ConfigError(f"model.kwargs: {name} rejected {kwargs}: {error}") from None
+    except ValueError as error:
+        if not meta:
+            raise
+        raise ConfigError(f"model.name: {name} cannot be built for {shape.image_size} px inputs ({error}); set "
+                          "data.image_size to a size it accepts, or pick a small-image variant") from None
+    warn_if_input_too_small(model, shape.image_size)
+    check_input_fits(model, name, kwargs["in_chans"], shape.image_size)
+    return model
+
+
+def check_input_fits(model: nn.Module, name: str, in_chans: int, image_size: int) -> None:
+    """One tiny forward before training, so a model that cannot take the data's image size fails at once."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, image_size, image_size))
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"model.name: {name} cannot take {in_chans}x{image_size}x{image_size} inputs ({error}). "
+                          "Set data.image_size to a size it accepts, or pick a small-image variant.") from None
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class Session:
+    """Everything built from a recipe before training: device, precision, memory format, data and model."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    splits: DatasetSplits
+    model: nn.Module
+
+
+def prepare(config: RunConfig, device: torch.device | None = None) -> Session:
+    """Validate names, seed, load data and build the model: everything that can fail does so here, before training."""
+    check_names(config)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.seed)
+    device = device or resolve_device(config.train.device)
+    splits = load_dataset(config.data, config.seed)
+    model = build_model(config, splits)
+    channels_last = resolve_channels_last(config.train.channels_last, model)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return Session(device, resolve_precision(config.train.precision, device), channels_last, splits, model)
+
+
+def lr_plan(config: RunConfig, world: World) -> dict[str, Any]:
+    """The effective batch and the learning rate scaled to it, with the arithmetic spelled out for the log."""
+    batch = config.data.batch_size * world.world_size
+    lr = scaled_lr(config.optim, batch)
+    reference = config.optim.lr_reference_batch
+    rule = (f"{config.optim.lr:g} x {batch}/{reference} ({config.optim.lr_scaling} rule)" if reference
+            else f"{config.optim.lr:g} as given (set optim.lr_reference_batch to rescale it with the batch)")
+    micro = config.data.batch_size // config.train.accum_steps
+    split = f", {config.train.accum_steps} micro-batches of {micro}" if config.train.accum_steps > 1 else ""
+    text = f"lr {lr:g} = {rule} for effective batch {batch} ({world.world_size} process(es) x {config.data.batch_size}{split})"
+    return {"lr": lr, "effective_batch": batch, "processes": world.world_size, "accum_steps": config.train.accum_steps,
+            "micro_batch": micro, "text": text}
+
+
+def build_criterion(config: RunConfig) -> nn.Module:
+    """Cross-entropy with the recipe's label smoothing (soft MixUp/CutMix targets are accepted as they are)."""
+    return nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
+
+
+def build_trainee(config: RunConfig, session: Session, lr: float, steps_per_epoch: int) -> Trainee:
+    """The model with its optimizer at `lr` (from lr_plan), its schedule over steps_per_epoch optimizer steps, the
+    loss, a GradScaler for fp16 and the EMA copy when the recipe keeps one."""
+    model = session.model
+    optimizer = build_optimizer(model, config.optim, lr)
+    scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch)
+    scaler = torch.amp.GradScaler(session.device.type) if session.amp_dtype == torch.float16 else None
+    ema = create_ema(model, config.train.ema_decay, config.train.ema_warmup) if config.train.ema_decay else None
+    return Trainee(model, optimizer, scheduler, build_criterion(config), scaler, ema)
+
+
+def train_settings(config: RunConfig, session: Session, *, progress: bool = True) -> TrainSettings:
+    """The loop's settings as the recipe states them, on the session's device and precision."""
+    train = config.train
+    return TrainSettings(device=session.device, amp_dtype=session.amp_dtype, num_classes=session.splits.num_classes,
+                         epochs=config.schedule.epochs, accum_steps=train.accum_steps,
+                         grad_clip_norm=train.grad_clip_norm, on_nonfinite=train.on_nonfinite,
+                         eval_every=train.eval_every, checkpoint_every=train.checkpoint_every,
+                         log_every=train.log_every, progress=progress)
+
+
+def wrap_for_training(model: nn.Module, config: RunConfig, world: World, device: torch.device) -> nn.Module:
+    """SyncBatchNorm, DistributedDataParallel and torch.compile around the model, as the recipe asks."""
+    if config.train.sync_batchnorm and world.distributed:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_batchnorm: torch's SyncBatchNorm runs only on CUDA; set it to false on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if world.distributed:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.train.compile:
+        model = torch.compile(model, backend=config.train.compile_backend)
+    return model
