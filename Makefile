@@ -1,4 +1,5 @@
-# make demo: train the quickstart recipe. make test: run the test suite. Both set up .venv on first use.
+# make demo: train the quickstart recipe. make test: check the layer contracts (pyproject.toml), then run the test
+# suite. Both set up .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,6 +11,7 @@ demo: $(STAMP) data
 	$(BIN)/reprocls train configs/quickstart.yaml
 
 test: $(STAMP) data test-packages
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
