@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from PIL import Image
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# folder scans are cached; tests keep theirs out of the user's ~/.cache (subprocesses inherit this)
+os.environ["REPROCLS_CACHE"] = tempfile.mkdtemp(prefix="reprocls-test-cache-")
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 

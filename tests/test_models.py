@@ -56,14 +56,23 @@ def test_num_classes_and_in_chans_are_keywords(name: str) -> None:
     assert MODELS.get(name).__doc__, f"{name} needs a one-line docstring naming its paper"
 
 
-def test_registering_a_name_twice_fails() -> None:
+def test_two_functions_under_one_name_fail_but_the_same_function_again_is_a_rerun() -> None:
     registry: Registry = Registry("thing")
 
     @registry.register
     def alpha() -> None: ...
 
+    def other() -> None: ...
+
     with pytest.raises(KeyError, match="already registered"):
-        registry.register(alpha)
+        registry.register(other, name="alpha")
+    assert registry.get("alpha") is alpha
+
+    def alpha() -> None:  # noqa: F811  (a notebook cell run again defines the function anew)
+        return None
+
+    registry.register(alpha)
+    assert registry.get("alpha") is alpha and len(registry) == 1
 
 
 def test_unknown_model_suggests_nearest_name() -> None:

@@ -5,9 +5,14 @@ module, so they all build the same thing from the same recipe."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import inspect
 import random
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,11 +24,14 @@ from reprocls.config import ConfigError, RunConfig, registry_keys, get_key, to_d
 from reprocls.data import DATASETS, load_dataset
 from reprocls.data.augment import POLICIES
 from reprocls.data.datasets import DatasetSplits
+from reprocls.data.transforms import Preprocessing
 from reprocls.engine import (OPTIMIZERS, SCHEDULERS, Trainee, TrainSettings, build_optimizer, build_scheduler,
                              resolve_channels_last, resolve_device, resolve_precision, scaled_lr)
 from reprocls.engine.distributed import World
 from reprocls.engine.ema import create_ema
 from reprocls.models import MODELS, create_model, warn_if_input_too_small
+from reprocls.models._stages import Stage, model_stages
+from reprocls.models._weights import WeightsReport, weights_preprocessing
 from reprocls.registry import Registry, suggest
 
 # The registries a recipe key picks from, by the kind its schema field names (config.opt(members=...)).
@@ -61,9 +69,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_IMPORTED: dict[str, str] = {}  # model.module -> the module name it was imported as
+
+
+def import_user_module(spec: str) -> None:
+    """Import a user's Python file (my_models.py, relative to the working folder) or module (my_pkg.models), so the
+    builders it registers with @register_model exist; importing the same file again reuses the first import."""
+    if spec in _IMPORTED:
+        return
+    path = Path(spec).expanduser()
+    try:
+        if spec.endswith(".py"):
+            if not path.is_file():
+                raise ConfigError(f"model.module: {spec} is not a file; give a .py file's path or an importable module name")
+            name = f"reprocls_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+            loader_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(loader_spec)  # type: ignore[arg-type]
+            sys.modules[name] = module
+            loader_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            name = spec
+            importlib.import_module(spec)
+    except ConfigError:
+        raise
+    except ModuleNotFoundError as error:
+        raise ConfigError(f"model.module: cannot import {spec!r} ({error}); is it on PYTHONPATH, or a .py file?") from None
+    except Exception as error:  # the user's own code failed: say where, keep the rest of its traceback out
+        raise ConfigError(f"model.module: importing {spec} failed with {type(error).__name__}: {error}") from None
+    _IMPORTED[spec] = name
+
+
 def check_names(config: RunConfig) -> None:
     """Fail before any work when a key names an unknown model, dataset, schedule, optimizer or policy, naming the key
-    and the nearest registered names."""
+    and the nearest registered names (after importing model.module, whose builders may be named)."""
+    if config.model.module:
+        import_user_module(config.model.module)
     values = to_dict(config)
     for key, kind in registry_keys().items():
         value = get_key(values, key.split("."))
@@ -128,13 +168,24 @@ def check_input_fits(model: nn.Module, name: str, in_chans: int, image_size: int
 
 @dataclass
 class Session:
-    """Everything built from a recipe before training: device, precision, memory format, data and model."""
+    """Everything built from a recipe before training: device, precision, memory format, data and model, and what
+    the pretrained weights brought (which tensors loaded, which preprocessing they asked for)."""
 
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
     splits: DatasetSplits
     model: nn.Module
+    weights: WeightsReport | None = None
+    preprocessing: Preprocessing | None = None
+
+
+def pretrained_preprocessing(config: RunConfig) -> Preprocessing | None:
+    """What the recipe's pretrained weights expect of their inputs (None when training from scratch)."""
+    if config.model.weights is None and not config.model.kwargs.get("pretrained"):
+        return None
+    found = weights_preprocessing(config.model.name, config.model.weights)
+    return Preprocessing(**found) if found else None
 
 
 def prepare(config: RunConfig, device: torch.device | None = None) -> Session:
@@ -144,11 +195,13 @@ def prepare(config: RunConfig, device: torch.device | None = None) -> Session:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.seed)
     device = device or resolve_device(config.train.device)
-    splits = load_dataset(config.data, config.seed)
+    preprocessing = pretrained_preprocessing(config)
+    splits = load_dataset(config.data, config.seed, preprocessing)
     model = build_model(config, splits)
     channels_last = resolve_channels_last(config.train.channels_last, model)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return Session(device, resolve_precision(config.train.precision, device), channels_last, splits, model)
+    return Session(device, resolve_precision(config.train.precision, device), channels_last, splits, model,
+                   getattr(model, "weights_report", None), preprocessing)
 
 
 def lr_plan(config: RunConfig, world: World) -> dict[str, Any]:
@@ -165,20 +218,105 @@ def lr_plan(config: RunConfig, world: World) -> dict[str, Any]:
             "micro_batch": micro, "text": text}
 
 
-def build_criterion(config: RunConfig) -> nn.Module:
-    """Cross-entropy with the recipe's label smoothing (soft MixUp/CutMix targets are accepted as they are)."""
-    return nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
+def class_weights(config: RunConfig, splits: DatasetSplits | None) -> torch.Tensor | None:
+    """train.class_weights as a tensor: 'balanced' is n / (classes x n_class) over the training labels."""
+    setting = config.train.class_weights
+    if setting == "none" or splits is None:
+        return None
+    if setting == "balanced":
+        counts = torch.bincount(splits.train.labels, minlength=splits.num_classes).double()
+        return (counts.sum() / (splits.num_classes * counts.clamp_min(1))).float()
+    if len(setting) != splits.num_classes:
+        raise ConfigError(f"train.class_weights: {len(setting)} weights for {splits.num_classes} classes {splits.classes}")
+    return torch.tensor(setting, dtype=torch.float32)
+
+
+def build_criterion(config: RunConfig, splits: DatasetSplits | None = None, device: torch.device | None = None) -> nn.Module:
+    """Cross-entropy with the recipe's label smoothing and class weights (soft MixUp/CutMix targets are accepted)."""
+    weight = class_weights(config, splits)
+    return nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None and device is not None else weight,
+                               label_smoothing=config.train.label_smoothing)
+
+
+@dataclass
+class FineTuning:
+    """How a model is fine-tuned: the stages the recipe freezes, the ones frozen only during the head-only warm-up,
+    and each stage's learning-rate multiplier."""
+
+    stages: list[Stage]
+    head: Stage
+    frozen: int  # the first `frozen` stages never train
+    lr_scales: dict[str, float] = field(default_factory=dict)  # parameter name -> multiplier of optim.lr
+
+    def trainable(self, model: nn.Module) -> int:
+        """Parameters that train (after any head-only warm-up)."""
+        return sum(stage.size(model) for stage in self.stages[self.frozen:]) + self.head.size(model)
+
+    def record(self, model: nn.Module) -> dict[str, Any]:
+        """What results.json keeps about it."""
+        return {"frozen_stages": [stage.name for stage in self.stages[:self.frozen]], "trainable_params": self.trainable(model),
+                "total_params": sum(p.numel() for p in model.parameters()), "text": self.text(model)}
+
+    def text(self, model: nn.Module) -> str:
+        """One line for the console: how many parameters train, what is frozen, the lr multipliers."""
+        total = sum(p.numel() for p in model.parameters())
+        trainable = self.trainable(model)
+        frozen = [stage.name for stage in self.stages[:self.frozen]]
+        words = [f"trainable parameters: {trainable:,} of {total:,}"]
+        if frozen:
+            words.append(f"frozen: {', '.join(frozen)}")
+        scales = sorted(set(self.lr_scales.values()))
+        if scales and scales != [1.0]:
+            words.append(f"lr x {scales[0]:.3g} .. x {scales[-1]:.3g} by stage")
+        return "; ".join(words) + f" (stages: {', '.join(s.name for s in self.stages)}, head)"
+
+
+def fine_tuning(config: RunConfig, model: nn.Module) -> FineTuning:
+    """The recipe's freezing and per-stage learning rates for `model` (model.freeze, optim.head_lr_factor,
+    optim.layer_decay), refusing a freeze deeper than the model has stages."""
+    stages, head = model_stages(model)
+    freeze = config.model.freeze
+    frozen = len(stages) if freeze == "backbone" else 0 if freeze == "none" else int(freeze)
+    if frozen > len(stages):
+        raise ConfigError(f"model.freeze: {freeze} stages, but {config.model.name} has {len(stages)} "
+                          f"({', '.join(s.name for s in stages)}); use backbone to freeze them all")
+    scales: dict[str, float] = {}
+    decay = config.optim.layer_decay
+    for index, stage in enumerate(stages):
+        for name in stage.parameters:
+            scales[name] = decay ** (len(stages) - index) if decay else 1.0
+    for name in head.parameters:
+        scales[name] = config.optim.head_lr_factor
+    return FineTuning(stages, head, frozen, scales)
 
 
 def build_trainee(config: RunConfig, session: Session, lr: float, steps_per_epoch: int) -> Trainee:
-    """The model with its optimizer at `lr` (from lr_plan), its schedule over steps_per_epoch optimizer steps, the
-    loss, a GradScaler for fp16 and the EMA copy when the recipe keeps one."""
+    """The model with its optimizer at `lr` (from lr_plan, per stage as fine_tuning says), its schedule over
+    steps_per_epoch optimizer steps, the loss, a GradScaler for fp16, the EMA copy when the recipe keeps one, and
+    the parameters and BatchNorm layers that freezing and the head-only warm-up hold still."""
     model = session.model
-    optimizer = build_optimizer(model, config.optim, lr)
+    tuning = fine_tuning(config, model)
+    named = dict(model.named_parameters())
+    frozen = [named[name] for stage in tuning.stages[:tuning.frozen] for name in stage.parameters]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    warm = [named[name] for stage in tuning.stages[tuning.frozen:] for name in stage.parameters] \
+        if config.train.head_only_epochs else []
+    optimizer = build_optimizer(model, config.optim, lr, lr_scales=tuning.lr_scales)
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch)
     scaler = torch.amp.GradScaler(session.device.type) if session.amp_dtype == torch.float16 else None
     ema = create_ema(model, config.train.ema_decay, config.train.ema_warmup) if config.train.ema_decay else None
-    return Trainee(model, optimizer, scheduler, build_criterion(config), scaler, ema)
+    criterion = build_criterion(config, session.splits, session.device)
+    return Trainee(model, optimizer, scheduler, criterion, scaler, ema, frozen_norms=_norms_of(model, frozen),
+                   warmup_params=tuple(warm), warmup_norms=_norms_of(model, warm))
+
+
+def _norms_of(model: nn.Module, parameters: list[nn.Parameter]) -> tuple[nn.Module, ...]:
+    """The BatchNorm layers whose parameters are all among `parameters`: held in eval mode while those are frozen,
+    so their running statistics stay as loaded."""
+    held = {id(p) for p in parameters}
+    return tuple(module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                 and any(True for _ in module.parameters()) and all(id(p) in held for p in module.parameters()))
 
 
 def train_settings(config: RunConfig, session: Session, *, progress: bool = True) -> TrainSettings:
@@ -186,6 +324,7 @@ def train_settings(config: RunConfig, session: Session, *, progress: bool = True
     train = config.train
     return TrainSettings(device=session.device, amp_dtype=session.amp_dtype, num_classes=session.splits.num_classes,
                          epochs=config.schedule.epochs, accum_steps=train.accum_steps,
+                         head_only_epochs=train.head_only_epochs,
                          grad_clip_norm=train.grad_clip_norm, on_nonfinite=train.on_nonfinite,
                          eval_every=train.eval_every, checkpoint_every=train.checkpoint_every,
                          log_every=train.log_every, progress=progress)
@@ -197,6 +336,10 @@ def wrap_for_training(model: nn.Module, config: RunConfig, world: World, device:
         if device.type != "cuda":
             raise ConfigError("train.sync_batchnorm: torch's SyncBatchNorm runs only on CUDA; set it to false on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if world.distributed and config.train.head_only_epochs:
+        raise ConfigError("train.head_only_epochs: DistributedDataParallel cannot change which parameters train "
+                          "mid-run; under torchrun, train the head alone in a first run (model.freeze: backbone) and "
+                          "start the second from its weights")
     if world.distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.train.compile:

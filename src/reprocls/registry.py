@@ -16,6 +16,12 @@ def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
+def _same_definition(old: Any, new: Any) -> bool:
+    """The same function defined again (a notebook cell run twice, a file imported again), not another one."""
+    return (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == (
+        getattr(new, "__module__", None), getattr(new, "__qualname__", None))
+
+
 class Registry(Generic[T]):
     """Maps names to builder functions; registering a name twice is an error."""
 
@@ -26,11 +32,12 @@ class Registry(Generic[T]):
 
     def register(self, fn: T | None = None, *, name: str | None = None, info: Any = None) -> Any:
         """Decorator: the builder's own name is its registry name unless `name` is given; `info` is what is known
-        about the entry without calling it (a dataset's size and normalisation constants, say)."""
+        about the entry without calling it (a dataset's size and normalisation constants, say). Registering the
+        same function again replaces it (a re-run notebook cell); another function under a taken name is an error."""
 
         def add(f: T) -> T:
             key = name or f.__name__
-            if key in self._entries:
+            if key in self._entries and not _same_definition(self._entries[key], f):
                 raise KeyError(f"{self.kind} {key!r} is already registered (by {self._entries[key].__module__})")
             self._entries[key] = f
             if info is not None:

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from PIL import Image, UnidentifiedImageError
 
 from reprocls.config import ConfigError
-from reprocls.data.folders import scan_image_folder
+from reprocls.data.folders import FolderScan, scan_image_folder, write_cache
 from reprocls.data.images import IMAGE_EXTENSIONS, conversion_note, to_mode
 from reprocls.progress import Progress
 
@@ -142,6 +142,27 @@ def find_unusable(paths: list[Path], *, workers: int = 1, show_progress: bool = 
     progress = Progress(len(paths), "checking images", enabled=show_progress)
     try:
         return [check for check in inspect_images(paths, workers=workers, progress=progress) if not check.usable]
+    finally:
+        progress.close()
+
+
+def decode_failures(scan: FolderScan, paths: list[str], *, workers: int = 1) -> dict[str, tuple[str, str]]:
+    """{path: (category, detail)} of the files among `paths` that training could not decode, by a full decode of
+    each, remembered in the folder's cache so an unchanged file is decoded once."""
+    todo = [path for path in paths if path not in scan.decoded]
+    if todo:
+        for check in find_unusable_all([scan.root / p for p in todo], workers=workers, show_progress=len(todo) >= 5000):
+            relative = check.path.relative_to(scan.root).as_posix()
+            scan.decoded[relative] = ["" if check.usable else check.category or "", check.detail]
+        write_cache(scan)
+    return {path: (scan.decoded[path][0], scan.decoded[path][1]) for path in paths if scan.decoded[path][0]}
+
+
+def find_unusable_all(paths: list[Path], *, workers: int = 1, show_progress: bool = False) -> list[ImageCheck]:
+    """`inspect_image` of every file (usable or not), with a progress bar."""
+    progress = Progress(len(paths), "checking images", enabled=show_progress)
+    try:
+        return inspect_images(paths, workers=workers, progress=progress)
     finally:
         progress.close()
 

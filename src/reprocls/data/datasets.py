@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,9 +14,8 @@ import torch
 import torchvision
 
 from reprocls.config import ConfigError, DataConfig
-from reprocls.data.check import CATEGORIES, find_unusable
-from reprocls.data.folders import scan_image_folder
-from reprocls.data.splits import carve_validation, stratified_split, stratified_subset
+from reprocls.data.splits import carve_validation, stratified_subset
+from reprocls.data.transforms import Preprocessing
 from reprocls.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,6 +73,10 @@ class DatasetSplits:
     # a registered dataset's own per-image transforms (image -> normalised tensor), used instead of the presets
     train_transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
     eval_transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
+    interpolation: str = "bilinear"  # how images are resized to image_size
+    crop_fraction: float = 0.875  # imagenet-preset evaluation: resize to image_size / crop_fraction, centre-crop
+    native_size: int | None = None  # the images' own side (a folder's: where they agree, else their median)
+    notes: list[str] = field(default_factory=list, repr=False)  # how sizes, channels and constants were chosen
 
     @property
     def num_classes(self) -> int:
@@ -133,7 +134,8 @@ def _finish(name: str, data: DataConfig, seed: int, train: TensorSplit, test: Te
     if data.limit_eval is not None:
         val = val.subset(stratified_subset(val.labels.numpy(), data.limit_eval, seed)) if val is not None else None
         test = test.subset(stratified_subset(test.labels.numpy(), data.limit_eval, seed))
-    return DatasetSplits(name, classes, train.images.shape[1], train.images.shape[-1], mean, std, train, val, test)
+    return DatasetSplits(name, classes, train.images.shape[1], train.images.shape[-1], mean, std, train, val, test,
+                         native_size=train.images.shape[-1])
 
 
 # ----------------------------------------------------------------------------------------- MNIST family
@@ -226,83 +228,6 @@ DATASETS.register(_cifar("cifar100", torchvision.datasets.CIFAR100, CIFAR100), i
 # ---------------------------------------------------------------------------------------- image folders
 
 
-BAD_IMAGES_LISTED = 20
-
-
-def find_bad_images(root: Path, paths: list[str], data: DataConfig) -> list[dict[str, str]]:
-    """Decode every file before training; stop listing the bad ones (on_bad_image=error) or return them to leave out."""
-    bad = find_unusable([root / p for p in paths], workers=max(1, data.workers), show_progress=len(paths) >= 5000)
-    skipped = [{"path": check.path.relative_to(root).as_posix(), "reason": check.category or "", "detail": check.detail}
-               for check in bad]
-    if skipped and data.on_bad_image == "error":
-        listed = "\n".join(f"  {s['path']}: {CATEGORIES[s['reason']].title} ({s['detail']})" for s in skipped[:BAD_IMAGES_LISTED])
-        more = f"\n  ... and {len(skipped) - BAD_IMAGES_LISTED} more" if len(skipped) > BAD_IMAGES_LISTED else ""
-        raise ConfigError(f"data.on_bad_image=error: {len(skipped)} of {len(paths)} images under {root} cannot be decoded:\n"
-                          f"{listed}{more}\nRun `reprocls data check {root}` for the full report, or set "
-                          "data.on_bad_image=skip to train without them.")
-    if skipped:
-        warnings.warn(f"data.on_bad_image=skip: left out {len(skipped)} of {len(paths)} images under {root} that cannot be "
-                      f"decoded (first: {skipped[0]['path']}, {skipped[0]['reason']}); the run lists them in skipped_images.json",
-                      stacklevel=2)
-    return skipped
-
-
-def require_usable_classes(root: Path, classes: list[str], samples: list[tuple[str, int]]) -> None:
-    """Two or more classes, each with an image: otherwise the model gets outputs no image ever trains."""
-    if len(classes) < 2:
-        raise ConfigError(f"data.root: {root} has {len(classes)} class folder(s) {classes}; a classifier needs at least 2, "
-                          f"as {root}/<class>/<image files>")
-    counts = np.bincount([label for _, label in samples], minlength=len(classes))
-    empty = [cls for cls, count in zip(classes, counts) if count == 0]
-    if empty:
-        raise ConfigError(f"data.root: class folder(s) {empty} under {root} have no usable images; add images or delete "
-                          f"the folder(s) (`reprocls data check {root}` shows why)")
-
-
-@DATASETS.register
-def image_folder(data: DataConfig, seed: int) -> DatasetSplits:
-    """A user's root/<class>/<image> folders, split train/val/test by a seeded stratified rule (7:2:1 by default).
-
-    Every file is decoded first; bad ones stop the run or, with data.on_bad_image=skip, are left out before
-    splitting (so the split depends only on the good files and the seed) and listed in `skipped`.
-    """
-    if not data.root:
-        raise ConfigError("data.root: image_folder needs the path of a folder with one sub-folder per class")
-    root = Path(data.root).expanduser()
-    classes, samples = scan_image_folder(root)
-    if data.split_file:
-        record = json.loads(Path(data.split_file).read_text())
-        if record["classes"] != classes:
-            raise ValueError(f"{data.split_file} was made for classes {record['classes']}, but {root} has {classes}")
-        index = {cls: i for i, cls in enumerate(classes)}
-        parts = [[(p, index[p.split("/")[0]]) for p in record[name]] for name in ("train", "val", "test")]
-        skipped = find_bad_images(root, [p for part in parts for p, _ in part], data)
-        bad = {s["path"] for s in skipped}
-        parts = [[sample for sample in part if sample[0] not in bad] for part in parts]
-        require_usable_classes(root, classes, [sample for part in parts for sample in part])
-        if bad:
-            record = {**record, **{name: [p for p, _ in part] for name, part in zip(("train", "val", "test"), parts)}}
-    else:
-        skipped = find_bad_images(root, [p for p, _ in samples], data)
-        bad = {s["path"] for s in skipped}
-        samples = [sample for sample in samples if sample[0] not in bad]
-        require_usable_classes(root, classes, samples)
-        labels = np.array([label for _, label in samples])
-        indices = stratified_split(labels, list(data.split), seed)
-        parts = [[samples[i] for i in part] for part in indices]
-        record = {"root": str(root.resolve()), "seed": seed, "ratios": list(data.split), "classes": classes}
-        record.update({name: [p for p, _ in part] for name, part in zip(("train", "val", "test"), parts)})
-    train, val, test = (FileSplit([(str(root / p), label) for p, label in part]) for part in parts)
-    if data.limit_train is not None:
-        keep = stratified_subset(train.labels.numpy(), data.limit_train, seed)
-        train = FileSplit([train.samples[i] for i in keep])
-    if data.limit_eval is not None:
-        val, test = (FileSplit([part.samples[i] for i in stratified_subset(part.labels.numpy(), data.limit_eval, seed)])
-                     if len(part) else part for part in (val, test))
-    return DatasetSplits("image_folder", classes, 3, data.image_size or 224, IMAGENET_MEAN, IMAGENET_STD,
-                         train, val if len(val) else None, test, record, skipped)
-
-
 def _convert_channels(split: Split | None, channels: int) -> Split | None:
     """Grey to RGB by repetition, RGB to grey by ITU-R 601 luma; file splits convert when images are decoded."""
     if not isinstance(split, TensorSplit) or split.images.shape[1] == channels:
@@ -319,20 +244,37 @@ def split_seed(data: DataConfig, seed: int) -> int:
     return data.split_seed if data.split_seed is not None else seed
 
 
-def load_dataset(data: DataConfig, seed: int) -> DatasetSplits:
-    """The named dataset with the recipe's normalisation and size overrides applied; `seed` (the run's) draws the
-    splits unless data.split_seed pins them, so runs that differ only in seed can be scored on the same images."""
+def load_dataset(data: DataConfig, seed: int, weights: Preprocessing | None = None) -> DatasetSplits:
+    """The named dataset with its preprocessing decided: each of normalisation, size, interpolation and crop fraction
+    comes from the recipe when it sets it, else from the pretrained `weights` when they say, else from the dataset.
+    `seed` (the run's) draws the splits unless data.split_seed pins them."""
     splits = DATASETS.get(data.name)(data, split_seed(data, seed))
     if data.channels is not None and data.channels != splits.in_chans:
         splits.train, splits.val, splits.test = (_convert_channels(s, data.channels) for s in (splits.train, splits.val, splits.test))
         splits.mean, splits.std = convert_stats(splits.mean, data.channels), convert_stats(splits.std, data.channels)
+        splits.notes = [note for note in splits.notes if " channel(s)" not in note]
+        splits.notes.append(f"{data.channels} channel(s) from the recipe (the dataset's images have {splits.in_chans})")
         splits.in_chans = data.channels
+    weights = weights or Preprocessing("none")
+    source = f"the weights ({weights.source})"
+    if data.mean is None and weights.mean is not None:
+        splits.mean = convert_stats(tuple(weights.mean), splits.in_chans)
+    if data.std is None and weights.std is not None:
+        splits.std = convert_stats(tuple(weights.std), splits.in_chans)
     if data.mean is not None:
         splits.mean = tuple(data.mean)
     if data.std is not None:
         splits.std = tuple(data.std)
-    if data.image_size is not None:
-        splits.image_size = data.image_size
+    for key, value in (("image_size", data.image_size), ("interpolation", data.interpolation),
+                       ("crop_fraction", data.crop_fraction)):
+        chosen = value if value is not None else getattr(weights, key)
+        if chosen is not None:
+            setattr(splits, key, chosen)
+            words = key.replace("_", " ")
+            splits.notes = [note for note in splits.notes if not note.startswith(words)]
+            splits.notes.append(f"{words} {chosen} from {'the recipe' if value is not None else source}")
+    if data.mean is None and weights.mean is not None:
+        splits.notes.append(f"normalisation from {source}")
     if len(splits.mean) != splits.in_chans or len(splits.std) != splits.in_chans:
         raise ConfigError(f"data.mean/data.std: need {splits.in_chans} values for {data.name}, got {splits.mean} / {splits.std}")
     return splits

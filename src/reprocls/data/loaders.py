@@ -15,7 +15,8 @@ from reprocls.data.augment import (BatchMix, ErasePlan, apply_per_image, build_p
                                    erase_params)
 from reprocls.data.datasets import DatasetSplits, FileSplit, Split, TensorSplit
 from reprocls.data.images import to_mode
-from reprocls.data.samplers import EpochSampler, ShardSampler, epoch_order, global_batches, shard_indices
+from reprocls.data.samplers import (EpochSampler, ShardSampler, balanced_weights, epoch_order, global_batches,
+                                    shard_indices)
 from reprocls.data.transforms import eval_transform, resolve_preset, train_transform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -41,7 +42,8 @@ class TensorLoader:
     def __init__(self, split: TensorSplit, *, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device, train: bool, seed: int = 0, image_size: int | None = None,
                  augment: AugmentConfig | None = None, num_classes: int | None = None, micro_batches: int = 1,
-                 rank: int = 0, world_size: int = 1, channels_last: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False, interpolation: str = "bilinear",
+                 weights: torch.Tensor | None = None) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size, self.train, self.seed, self.epoch, self.start = batch_size, train, seed, 0, 0
@@ -54,6 +56,8 @@ class TensorLoader:
         self.policy = build_policy(augment) if augment else None
         self.mix = BatchMix.from_config(augment, num_classes or int(self.labels.max()) + 1) if augment else None
         self.image_size = image_size if image_size and image_size != split.images.shape[-1] else None
+        self.interpolation = interpolation
+        self.weights = weights if train else None  # per-image sampling weights (balanced sampling), on the CPU
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -77,7 +81,7 @@ class TensorLoader:
                 yield self._finish(self.images[index].float().sub_(self.mean).div_(self.std)), self.labels[index]
             return
         n, device = len(self.labels), self.labels.device
-        order = epoch_order(n, self.seed, self.epoch, self.repeats).to(device)
+        order = epoch_order(n, self.seed, self.epoch, self.repeats, self.weights).to(device)
         self.generator.manual_seed(self.seed * 100_003 + self.epoch)
         global_size, micro = self.batch_size * self.world_size, self.batch_size // self.micro_batches
         h, w = self.images.shape[-2:]
@@ -107,8 +111,27 @@ class TensorLoader:
 
     def _finish(self, images: torch.Tensor) -> torch.Tensor:
         if self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+            smooth = self.interpolation != "nearest"  # antialiasing exists for bilinear and bicubic only
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode=self.interpolation, antialias=smooth)
         return images.contiguous(memory_format=self.memory_format)
+
+
+class BadImageError(ConfigError):
+    """A file that passed the header scan fails to decode while training (truncated, corrupt pixels)."""
+
+    MARKER = "cannot be decoded while training"
+
+    @classmethod
+    def for_file(cls, path: str, error: BaseException) -> BadImageError:
+        return cls(f"{path} {cls.MARKER} ({type(error).__name__}: {error}); the last checkpoint is intact. Run `reprocls "
+                   "data check` on the folder to find every such file, or set data.on_bad_image=skip to leave them "
+                   "out, then continue with --resume auto")
+
+    def plain(self) -> BadImageError:
+        """The message without the worker traceback a DataLoader wraps around it."""
+        text = str(self)
+        start = text.rfind(f"{BadImageError.__name__}: ")
+        return BadImageError(text[start + len(BadImageError.__name__) + 2:].strip() if start >= 0 else text)
 
 
 class FileDataset(Dataset):
@@ -123,8 +146,11 @@ class FileDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
         index, position = (key[0], key[1:]) if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = to_mode(image, 1 if self.mode == "L" else 3)
+        try:
+            with Image.open(path) as image:
+                image = to_mode(image, 1 if self.mode == "L" else 3)
+        except Exception as error:  # the header scan reads no pixels: a cut file shows itself here
+            raise BadImageError.for_file(path, error) from None
         with batch_rng(*position) if position else contextlib.nullcontext():
             return self.transform(image), label
 
@@ -163,6 +189,12 @@ class DeviceLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
+        try:
+            yield from self._batches()
+        except BadImageError as error:
+            raise error.plain() from None
+
+    def _batches(self) -> Iterator[Batch]:
         for index, (images, labels) in enumerate(self.loader, start=self.start):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -186,8 +218,9 @@ def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train:
     Training loaders yield micro-batches of data.batch_size / micro_batches images; this rank's share of each
     global batch of data.batch_size x world_size. Evaluation loaders give each rank a disjoint shard.
     """
-    native_size = split.images.shape[-1] if isinstance(split, TensorSplit) else splits.image_size
+    native_size = split.images.shape[-1] if isinstance(split, TensorSplit) else splits.native_size or splits.image_size
     preset = resolve_preset(data.preset, native_size)  # 28 px images upscaled to 96 still get the small-image preset
+    weights = balanced_weights(split.labels) if train and data.sampler == "balanced" else None
     shard = dict(rank=rank, world_size=world_size)
     own_transform = splits.train_transform if train else splits.eval_transform
     if isinstance(split, TensorSplit) and use_in_memory(data, splits) and own_transform is None:
@@ -196,19 +229,22 @@ def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train:
         return TensorLoader(split, batch_size=data.batch_size if train else data.eval_batch_size, mean=splits.mean,
                             std=splits.std, device=device, train=train, seed=seed, image_size=splits.image_size,
                             augment=data.augment if train and preset == "small" else None, num_classes=splits.num_classes,
-                            micro_batches=micro_batches, channels_last=channels_last, **shard)
-    common = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std)
+                            micro_batches=micro_batches, channels_last=channels_last, interpolation=splits.interpolation,
+                            weights=weights, **shard)
+    common = dict(image_size=splits.image_size, mean=splits.mean, std=splits.std, interpolation=splits.interpolation)
     if own_transform is not None:
         transform = own_transform
+    elif train:
+        transform = train_transform(preset, augment=data.augment, **common)
     else:
-        transform = train_transform(preset, augment=data.augment, **common) if train else eval_transform(preset, **common)
+        transform = eval_transform(preset, crop_fraction=splits.crop_fraction, **common)
     if isinstance(split, FileSplit):
         dataset: Dataset = FileDataset(split, transform, "L" if splits.in_chans == 1 else "RGB")
     else:
         dataset = TransformedTensorDataset(split, transform)
     if train:
         sampler: Sampler[int] | None = EpochSampler(len(dataset), batch_size=data.batch_size, seed=seed,
-                                                    repeats=data.augment.repeats, **shard)
+                                                    repeats=data.augment.repeats, weights=weights, **shard)
         batch_size = data.batch_size // micro_batches
     else:
         sampler = ShardSampler(len(dataset), **shard) if world_size > 1 else None

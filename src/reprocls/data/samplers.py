@@ -8,11 +8,21 @@ import torch
 from torch.utils.data import Sampler
 
 
-def epoch_order(n: int, seed: int, epoch: int, repeats: int = 1) -> torch.Tensor:
-    """The training order of one epoch; with repeats r, each of n/r images appears r times, copies side by side."""
+def epoch_order(n: int, seed: int, epoch: int, repeats: int = 1, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The training order of one epoch; with repeats r, each of n/r images appears r times, copies side by side.
+    With per-image `weights` (balanced sampling) n images are drawn with replacement in proportion to them."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=generator)
+    if weights is not None:
+        order = torch.multinomial(weights.double(), n // repeats + (n % repeats > 0), replacement=True, generator=generator)
+    else:
+        order = torch.randperm(n, generator=generator)
     return order.repeat_interleave(repeats)[:n] if repeats > 1 else order
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-image weights 1 / (images of its class): every class is drawn equally often."""
+    counts = torch.bincount(labels.long())
+    return 1.0 / counts[labels.long()].double()
 
 
 def global_batches(n: int, batch_size: int, world_size: int) -> int:
@@ -33,8 +43,9 @@ class EpochSampler(Sampler[tuple[int, int, int, int]]):
     so augmentation is the same whatever the worker count and when an epoch is resumed part way.
     """
 
-    def __init__(self, n: int, *, batch_size: int, seed: int, repeats: int = 1, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.batch_size, self.seed, self.repeats = n, batch_size, seed, repeats
+    def __init__(self, n: int, *, batch_size: int, seed: int, repeats: int = 1, rank: int = 0, world_size: int = 1,
+                 weights: torch.Tensor | None = None) -> None:
+        self.n, self.batch_size, self.seed, self.repeats, self.weights = n, batch_size, seed, repeats, weights
         self.rank, self.world_size, self.epoch, self.start = rank, world_size, 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -45,7 +56,7 @@ class EpochSampler(Sampler[tuple[int, int, int, int]]):
         return global_batches(self.n, self.batch_size, self.world_size) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
-        order = epoch_order(self.n, self.seed, self.epoch, self.repeats)
+        order = epoch_order(self.n, self.seed, self.epoch, self.repeats, self.weights)
         position = 0
         for step in range(global_batches(self.n, self.batch_size, self.world_size)):
             block = order[rank_slice(step, self.batch_size, self.rank, self.world_size)]

@@ -31,8 +31,19 @@ def carve_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 def stratified_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """`count` indices drawn with the class balance of the whole set."""
+    """Exactly `count` indices (sorted) drawn with the class balance of the whole set: each class gets its share
+    rounded down, and the images left over go to the classes with the largest remainders (ties: lower class)."""
+    labels = np.asarray(labels)
     if count >= len(labels):
         return np.arange(len(labels))
-    (subset, _rest) = stratified_split(labels, [count / len(labels), 1 - count / len(labels)], seed)
-    return subset
+    classes, sizes = np.unique(labels, return_counts=True)
+    exact = sizes * count / len(labels)
+    quota = np.floor(exact).astype(int)
+    order = np.lexsort((classes, -(exact - quota)))  # largest remainder first, then class order
+    quota[order[:count - quota.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls, take in zip(classes, quota):
+        members = np.flatnonzero(labels == cls)
+        chosen.append(members[rng.permutation(len(members))][:take])
+    return np.sort(np.concatenate(chosen))

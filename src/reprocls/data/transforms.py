@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from reprocls.config import AugmentConfig
 from reprocls.data.augment import build_policy
 
 Preset = Literal["small", "imagenet", "none"]
 EVAL_CROP_RATIO = 0.875  # resize to size/0.875 then centre-crop: the classic ImageNet evaluation (224 from 256)
+INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+                  "nearest": InterpolationMode.NEAREST}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What pretrained weights expect of their inputs (any field None: they do not say), and where that was read."""
+
+    source: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    image_size: int | None = None
+    interpolation: str | None = None
+    crop_fraction: float | None = None
 
 
 def resolve_preset(preset: str, image_size: int) -> Preset:
@@ -26,14 +41,15 @@ def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> li
 
 
 def train_transform(preset: Preset, *, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                    augment: AugmentConfig) -> v2.Compose:
+                    augment: AugmentConfig, interpolation: str = "bilinear") -> v2.Compose:
     """Random augmentation for training: 'imagenet' (RandomResizedCrop, flip, ColorJitter) or 'small' (pad-crop, flip),
     then the configured policy (RandAugment, TrivialAugment...) and random erasing."""
     steps: list[v2.Transform] = [v2.ToImage()]
+    mode = INTERPOLATIONS[interpolation]
     if preset == "imagenet":
-        steps.append(v2.RandomResizedCrop(image_size, scale=tuple(augment.rrc_scale), antialias=True))
+        steps.append(v2.RandomResizedCrop(image_size, scale=tuple(augment.rrc_scale), interpolation=mode, antialias=True))
     else:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
+        steps.append(v2.Resize((image_size, image_size), interpolation=mode, antialias=True))
         if preset == "small" and augment.crop_padding > 0:
             steps.append(v2.RandomCrop(image_size, padding=augment.crop_padding))
     if preset != "none" and augment.hflip:
@@ -48,10 +64,14 @@ def train_transform(preset: Preset, *, image_size: int, mean: tuple[float, ...],
     return v2.Compose(steps + _to_normalized_tensor(mean, std)[1:] + erasing)
 
 
-def eval_transform(preset: Preset, *, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """Deterministic preprocessing for evaluation: resize + centre crop (imagenet) or a plain resize."""
+def eval_transform(preset: Preset, *, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                   interpolation: str = "bilinear", crop_fraction: float = EVAL_CROP_RATIO) -> v2.Compose:
+    """Deterministic preprocessing for evaluation: resize to image_size / crop_fraction + centre crop (imagenet) or a
+    plain resize."""
+    mode = INTERPOLATIONS[interpolation]
     if preset == "imagenet":
-        resize = [v2.Resize(int(round(image_size / EVAL_CROP_RATIO)), antialias=True), v2.CenterCrop(image_size)]
+        resize = [v2.Resize(int(round(image_size / crop_fraction)), interpolation=mode, antialias=True),
+                  v2.CenterCrop(image_size)]
     else:
-        resize = [v2.Resize((image_size, image_size), antialias=True)]
+        resize = [v2.Resize((image_size, image_size), interpolation=mode, antialias=True)]
     return v2.Compose([v2.ToImage(), *resize, *_to_normalized_tensor(mean, std)[1:]])

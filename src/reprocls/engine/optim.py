@@ -21,16 +21,19 @@ def scaled_lr(optim: OptimConfig, batch_size: int) -> float:
     return optim.lr * (ratio if optim.lr_scaling == "linear" else math.sqrt(ratio))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """Decay weight matrices and kernels; leave 1-d parameters (norm scales, biases) undecayed unless asked."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                     lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """Decay weight matrices and kernels; leave 1-d parameters (norm scales, biases) undecayed unless asked. With
+    `lr_scales` (parameter name -> multiplier), one group per multiplier, each with its own "lr_scale"; frozen
+    parameters (requires_grad False) are left out."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 and not decay_norm_and_bias else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+            decays = not (param.ndim <= 1 and not decay_norm_and_bias)
+            groups.setdefault((decays, (lr_scales or {}).get(name, 1.0)), []).append(param)
+    ordered = sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))  # decayed first, as before
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), params in ordered]
 
 
 OptimizerBuilder = Callable[[list[dict], float, OptimConfig], torch.optim.Optimizer]
@@ -49,11 +52,18 @@ def adamw(groups: list[dict], lr: float, cfg: OptimConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float,
+                    lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """The named optimizer at learning rate `lr` (the recipe's, already scaled to the batch: see scaled_lr), with
-    norm weights and biases in an undecayed group unless the recipe decays them."""
-    groups = parameter_groups(model, optim.weight_decay, optim.decay_norm_and_bias)
-    return OPTIMIZERS.get(optim.name)(groups, lr, optim)
+    norm weights and biases in an undecayed group unless the recipe decays them, and each group at lr x its
+    `lr_scales` multiplier (head and layer-wise rates for fine-tuning)."""
+    groups = parameter_groups(model, optim.weight_decay, optim.decay_norm_and_bias, lr_scales)
+    if not groups:
+        raise ValueError("no parameter trains: every one is frozen (model.freeze leaves nothing to train)")
+    optimizer = OPTIMIZERS.get(optim.name)(groups, lr, optim)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return optimizer
 
 
 SchedulerBuilder = Callable[[torch.optim.Optimizer, ScheduleConfig, int, int], sched.LRScheduler]

@@ -99,6 +99,7 @@ class TrainSettings:
     checkpoint_every: int | None = None  # optimizer steps between checkpoints (also at every epoch end)
     log_every: int = 50  # optimizer steps between TensorBoard scalars
     progress: bool = True
+    head_only_epochs: int = 0  # fine-tuning warm-up: Trainee.warmup_params stay frozen for these first epochs
 
 
 @dataclass
@@ -111,6 +112,18 @@ class Trainee:
     criterion: nn.Module
     scaler: torch.amp.GradScaler | None = None
     ema: AveragedModel | None = None
+    frozen_norms: tuple[nn.Module, ...] = ()  # BatchNorm layers of frozen stages: eval mode, statistics kept
+    warmup_params: tuple[nn.Parameter, ...] = ()  # frozen only during the head-only warm-up
+    warmup_norms: tuple[nn.Module, ...] = ()
+
+    def hold_frozen(self, epoch: int, head_only_epochs: int) -> None:
+        """After model.train(): frozen BatchNorm layers back in eval mode, and the warm-up's parameters frozen for
+        its first epochs; a function of the epoch alone, so a resumed run freezes exactly what the original did."""
+        warming = epoch < head_only_epochs
+        for parameter in self.warmup_params:
+            parameter.requires_grad_(not warming)
+        for module in (*self.frozen_norms, *(self.warmup_norms if warming else ())):
+            module.eval()
 
 
 def train_one_epoch(trainee: Trainee, loader: Batches, settings: TrainSettings, state: TrainState | None = None, *,
@@ -121,6 +134,7 @@ def train_one_epoch(trainee: Trainee, loader: Batches, settings: TrainSettings, 
     model, optimizer, scheduler, criterion = trainee.model, trainee.optimizer, trainee.scheduler, trainee.criterion
     scaler, ema, device, accum_steps = trainee.scaler, trainee.ema, settings.device, settings.accum_steps
     model.train()
+    trainee.hold_frozen(state.epoch, settings.head_only_epochs)
     loader.set_epoch(state.epoch, start=state.micro)
     loss_sum = torch.tensor(state.loss_sum, device=device, dtype=torch.float64)
     correct = torch.tensor(state.correct, device=device, dtype=torch.long)

@@ -26,7 +26,9 @@ from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.metrics.mistakes import PredictionLog, RecordingModel, covers_split
 from reprocls.metrics.verdict import judge
 from reprocls.models import count_params
-from reprocls.recipe import Session, build_trainee, lr_plan, prepare, seed_everything, train_settings, wrap_for_training
+from reprocls.data.transforms import resolve_preset
+from reprocls.recipe import (Session, build_trainee, fine_tuning, lr_plan, prepare, seed_everything, train_settings,
+                             wrap_for_training)
 from reprocls.reports.mistakes import write_mistakes
 from reprocls.reports.run_page import write_run_pages
 from reprocls.reports.tables import format_table, results_table
@@ -74,6 +76,7 @@ def model_metadata(config: RunConfig, splits: DatasetSplits, model: nn.Module, w
     info = {"weights": weights, "model": config.model.name, "num_classes": splits.num_classes,
             "in_chans": config.model.in_chans or splits.in_chans, "model_kwargs": config.model.kwargs,
             "classes": splits.classes, "image_size": splits.image_size, "mean": list(splits.mean), "std": list(splits.std),
+            "interpolation": splits.interpolation, "crop_fraction": splits.crop_fraction,
             "dataset": splits.name, "params": count_params(model)}
     return {"reprocls": json.dumps(info), "config": json.dumps(to_dict(config))}
 
@@ -112,6 +115,33 @@ def save_test_mistakes(run_dir: Path, recorded: PredictionLog, confusion: torch.
     does not cover the split in order (each process of a distributed run evaluates only its shard)."""
     log = recorded if covers_split(recorded, confusion) else predict_split(model, session.splits.test, session, config.data)
     return write_mistakes(run_dir, log, session.splits)
+
+
+def input_record(config: RunConfig, session: Session) -> dict[str, Any]:
+    """What the model sees and why: size, channels, preset, normalisation, interpolation, and the notes on choices."""
+    splits = session.splits
+    preset = resolve_preset(config.data.preset, splits.native_size or splits.image_size)
+    return {"image_size": splits.image_size, "native_size": splits.native_size, "channels": splits.in_chans,
+            "preset": preset, "mean": list(splits.mean), "std": list(splits.std), "interpolation": splits.interpolation,
+            "crop_fraction": splits.crop_fraction, "notes": list(splits.notes),
+            "weights_preprocessing": session.preprocessing.source if session.preprocessing else None}
+
+
+def banner(config: RunConfig, session: Session) -> list[str]:
+    """The start-up lines that say what the model sees, where its weights came from and what trains."""
+    record = input_record(config, session)
+    numbers = ", ".join(f"{v:.4g}" for v in record["mean"]), ", ".join(f"{v:.4g}" for v in record["std"])
+    lines = [f"input {record['image_size']} px x {record['channels']} channel(s), preset {record['preset']}, normalised "
+             f"with mean [{numbers[0]}] std [{numbers[1]}], {record['interpolation']} resize"]
+    lines += [f"  {note}" for note in record["notes"]]
+    if session.weights is not None:
+        lines.append(f"weights: {session.weights.summary()}")
+    lines.append(fine_tuning(config, session.model).text(session.model))
+    skipped = session.splits.skipped
+    if skipped:
+        lines.append(f"data.on_bad_image=skip: left out {len(skipped)} image(s) that cannot be decoded (first: "
+                     f"{skipped[0]['path']}, {skipped[0]['reason']}); the run lists them in {layout.SKIPPED}")
+    return lines
 
 
 def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True, resume: str | None = None,
@@ -171,8 +201,11 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         f"{len(splits.val) if splits.val else 0} val / {len(splits.test)} test, device {device}, "
         f"precision {session.amp_dtype or 'fp32'}, channels_last {session.channels_last}"
         f"{', EMA ' + str(config.train.ema_decay) if ema is not None else ''}")
+    for line in banner(config, session):
+        say(line)
     say(lr["text"])
 
+    tuning = fine_tuning(config, model)
     settings = train_settings(config, session, progress=progress)
     test_eval = dict(device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes,
                      criterion=trainee.criterion, progress=progress)
@@ -210,6 +243,9 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         "wall_time_s": time.perf_counter() - wall_start,
         "reference": reference_gap(config, test.top1),
         "skipped_images": len(splits.skipped),
+        "input": input_record(config, session),
+        "weights": session.weights.to_dict() if session.weights is not None else None,
+        "fine_tuning": {**tuning.record(model), "head_only_epochs": config.train.head_only_epochs},
     }
     if run is None:
         return None, results

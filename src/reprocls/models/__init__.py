@@ -8,9 +8,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from reprocls.models._weights import WeightsReport, load_pretrained, read_state_dict
 from reprocls.registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -25,12 +25,13 @@ def list_models(pattern: str | None = None) -> list[str]:
 def create_model(name: str, *, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
     """Build a model by name from plain keyword arguments (num_classes, in_chans, ...).
 
-    `timm/<name>` and `torchvision/<name>` build those libraries' models; `weights` loads a
-    checkpoint file (safetensors, or a torchvision/timm `.pth` state dict) into the model.
+    `timm/<name>` and `torchvision/<name>` build those libraries' models; `weights` loads a checkpoint file
+    (safetensors, a torchvision/timm `.pth` state dict, or a reprocls run folder) into the model, with the head
+    and first convolution fitted to num_classes and in_chans; `model.weights_report` says what loaded.
     """
     prefix, _, external = name.partition("/")
     if external:
-        model = _create_external(prefix, external, kwargs)
+        model = _create_external(prefix, external, kwargs, weights)
     else:
         model = MODELS.get(name)(**kwargs)
     if weights is not None:
@@ -38,8 +39,9 @@ def create_model(name: str, *, weights: str | Path | None = None, **kwargs: Any)
     return model
 
 
-def _create_external(library: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Models of timm or torchvision, with our keyword names mapped onto theirs."""
+def _create_external(library: str, name: str, kwargs: dict[str, Any], weights: str | Path | None) -> nn.Module:
+    """Models of timm or torchvision, with our keyword names mapped onto theirs. timm's `pretrained: true` with a
+    weights file loads that file (offline); without one, timm fetches its own weights, which needs a network."""
     if library == "timm":
         try:
             import timm
@@ -47,7 +49,14 @@ def _create_external(library: str, name: str, kwargs: dict[str, Any]) -> nn.Modu
             raise ImportError(
                 f"'timm/{name}' needs timm, an optional extra: pip install 'reprocls[timm]' (or pip install timm)"
             ) from None
-        return timm.create_model(name, pretrained=False, **kwargs)
+        pretrained = bool(kwargs.pop("pretrained", False)) and weights is None  # a given file is loaded by us
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (OSError, RuntimeError) as error:
+            if not pretrained:
+                raise
+            raise ValueError(f"timm/{name}: timm could not fetch its pretrained weights ({str(error).splitlines()[0]}); "
+                             "on a machine without a network, download the file elsewhere and set model.weights to it") from None
     if library == "torchvision":
         import torchvision
 
@@ -58,33 +67,12 @@ def _create_external(library: str, name: str, kwargs: dict[str, Any]) -> nn.Modu
     raise KeyError(f"unknown model library {library!r} in {library}/{name}: use 'timm/<name>' or 'torchvision/<name>'")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file or a plain state-dict pickle, never executing code from the file."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_ema"):  # common wrappers of training checkpoints
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return state
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint of the same architecture, mapping foreign key names when the model knows how."""
-    state = read_state_dict(path)
-    remap = getattr(model, "remap_state_dict", None)
-    if remap is not None:
-        state = remap(state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not fit {type(model).__name__}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-            f"{' ...' if len(missing) > 5 or len(unexpected) > 5 else ''}"
-        )
+def load_weights(model: nn.Module, path: str | Path) -> WeightsReport:
+    """Load a checkpoint into `model`, mapping foreign key names, re-initialising a classifier of another class count
+    and adapting a first convolution of another channel count (see models/_weights.py)."""
+    report = load_pretrained(model, path)
+    model.weights_report = report  # type: ignore[attr-defined]
+    return report
 
 
 def count_params(model: nn.Module) -> int:
