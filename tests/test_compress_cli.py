@@ -88,3 +88,19 @@ def test_plans_load_from_yaml_and_reject_unknown_keys(tmp_path: Path) -> None:
     bad.write_text("prune: channels\n")
     with pytest.raises(ConfigError, match="plan.prune"):
         load_plan(bad)
+
+
+def test_latency_has_its_spread_and_dynamic_int8_on_a_cnn_says_why_it_does_not_help(trained_run: Path,
+                                                                                 tmp_path: Path) -> None:
+    from reprocls.compress.measure import Latency
+
+    assert Latency(10.0, 9.0, 12.0, 15).spread == pytest.approx(0.3) and "IQR 9.00-12.00" in Latency(10, 9, 12, 15).text()
+    lines: list[str] = []
+    folder, variants = compress_run(trained_run, CompressPlan(quantize="dynamic", batches=[1, 16]), out=tmp_path,
+                                    say=lines.append)
+    assert all(set(v.latency_spread) == {1, 16} for v in variants)
+    assert any("IQR" in line and "runs)" in line for line in lines)
+    if variants[-1].latency_ms[16] > 0.9 * variants[0].latency_ms[16]:
+        assert any("dynamic INT8 quantizes only nn.Linear layers" in line for line in lines)
+    saved = json.loads((folder / "compare.json").read_text())["variants"][0]["latency_spread"]
+    assert set(saved) == {"1", "16"}

@@ -64,6 +64,7 @@ CASES = [
      "optim.decay_norm_and_bias", ["optim.decay_norm_and_bias=true", "reference.norm_weight_decay=true"], 1),
     ("norm_weight_decay", ["optim.decay_norm_and_bias=true"], 1, "optim.decay_norm_and_bias",
      ["optim.decay_norm_and_bias=true", "optim.weight_decay=0"], 1),
+    ("upscale", ["data.image_size=112"], 1, "data.image_size", ["data.image_size=56"], 1),
 ]
 
 
@@ -246,7 +247,8 @@ def test_format_findings_lists_errors_first_with_key_and_fix() -> None:
 
 
 # checks proven by a test of their own instead of a CASES row (a registered dataset with a random eval transform)
-TESTED_ELSEWHERE = {"random_eval_augmentation": "test_random_eval_transform_of_a_registered_dataset_is_found"}
+TESTED_ELSEWHERE = {"random_eval_augmentation": "test_random_eval_transform_of_a_registered_dataset_is_found",
+                    "preprocessing_mismatch": "test_preprocessing_unlike_the_weights_is_named_key_by_key"}
 
 
 def test_every_check_is_registered_and_proven_to_fire() -> None:
@@ -299,3 +301,18 @@ def test_reproduce_prints_findings_once_before_its_seeds(fmnist_root: Path, tmp_
     lines = capsys.readouterr().out.splitlines()
     assert lines.count("reproduction doctor: 1 warning") == 1
     assert lines.index("reproduction doctor: 1 warning") < next(i for i, line in enumerate(lines) if line.startswith("epoch"))
+
+
+def test_preprocessing_unlike_the_weights_is_named_key_by_key(tmp_path: Path) -> None:
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    base = ["model.name=resnet18", f"model.weights={weights}", "data.channels=3", "data.image_size=224"]
+    assert of(doctor(base), "preprocessing_mismatch") == []  # torchvision's 224 px and ImageNet constants
+    (finding,) = of(doctor([*base, "data.interpolation=nearest", "data.mean=[0.5, 0.5, 0.5]"]), "preprocessing_mismatch")
+    assert finding.key == "data.mean" and "torchvision's resnet18 weights" in finding.message
+    assert "data.interpolation nearest (the weights: bilinear)" in finding.message and "data.interpolation" in finding.fix
+    (upscaled,) = of(doctor(base), "upscale")  # 28 -> 224 px: said, but only as info for pretrained weights
+    assert upscaled.severity == "info" and "8.0x larger" in upscaled.message
+

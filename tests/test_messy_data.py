@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
-
 import io
 import json
 import shutil
@@ -370,3 +368,28 @@ def test_evaluating_on_folders_with_other_classes_is_refused(tmp_path: Path, cap
     extra = write_random_folder(tmp_path / "extra", {"ant": 6, "bee": 6, "cicada": 6})
     assert main(["eval", str(run_dir), f"data.root={extra}", "-q"]) == 2
     assert "unknown to the model ['cicada']" in capsys.readouterr().err
+
+
+def test_a_run_that_skipped_images_says_so_on_the_console_and_in_both_reports(messy_trainable: Path, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    overrides = ["data.name=image_folder", f"data.root={messy_trainable}", "data.image_size=16", "data.workers=0",
+                 "data.batch_size=4", "data.on_bad_image=skip", "schedule.epochs=1", "schedule.name=constant",
+                 f"output_dir={tmp_path / 'runs'}"]
+    with quiet():
+        assert main(["train", "configs/quickstart.yaml", *overrides, "-q", "--no-doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "data.on_bad_image=skip: left out 6 image(s) that cannot be decoded" in out
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert "6 undecodable file(s) left out (skipped_images.json)" in (run_dir / "report.md").read_text()
+    assert "6 image file(s) could not be decoded and were left out" in (run_dir / "report.html").read_text()
+
+
+def test_data_stats_takes_a_folder_path_and_a_channel_count(messy_trainable: Path, capsys: pytest.CaptureFixture) -> None:
+    clean = messy_trainable.parent / "stats-clean"
+    write_random_folder(clean, {"a": 4, "b": 4})
+    assert main(["data", "stats", str(clean)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{clean}: 8 training images, 3 channel(s)")
+    assert main(["data", "stats", str(clean), "--channels", "1"]) == 0
+    assert "8 training images, 1 channel(s)" in capsys.readouterr().out
+

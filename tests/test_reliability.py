@@ -64,7 +64,7 @@ def uninterrupted(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at, every, resumes_from", [(6, 4, "step-000000004"),     # mid-epoch, between checkpoints
-                                                          (9, None, "step-000000007")])  # past the epoch-1 boundary (7 steps)
+                                                          (9, None, "step-000000008")])  # past the epoch-1 boundary (8 steps)
 def test_sigkill_then_resume_gives_byte_identical_weights(uninterrupted: Path, fmnist_root: Path, tmp_path: Path,
                                                           kill_at: int, every: int | None, resumes_from: str) -> None:
     overrides = [f"data.root={fmnist_root}", *SMALL] + ([f"train.checkpoint_every={every}"] if every else [])

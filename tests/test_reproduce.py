@@ -298,3 +298,18 @@ def test_torchrun_is_refused_before_any_folder_is_made(tmp_path: Path, monkeypat
     with pytest.raises(ConfigError, match="without torchrun"):
         reproduce(config, seeds=2, progress=False, echo=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_intervals_of_bounded_numbers_stay_in_bounds_and_a_result_above_the_paper_says_so() -> None:
+    from reprocls.experiments.reproduce import statistics
+
+    records = [{"metrics": {"test_top1": v, "test_top5": t5, "train_time_s": s, "test_loss": 0.3, "val_top1": None,
+                            "images_per_s": 900.0}}
+               for v, t5, s in ((0.95, 0.999, 5.0), (0.93, 0.98, 400.0))]
+    stats = statistics(records)
+    assert stats["test_top5"]["ci95"][1] <= 1.0 and stats["test_top1"]["ci95"][1] <= 1.0
+    assert stats["train_time_s"]["ci95"][0] >= 0.0
+    above = judge([0.95, 0.96], paper(0.912, 0.0))
+    assert above["status"] == "reproduced" and "above the reported number" in above["text"]
+    assert "tolerance" not in above["text"]
+

@@ -9,7 +9,8 @@ from typing import Any
 
 from reprocls._version import __version__
 
-_LAZY = {"create_model": "reprocls.models", "list_models": "reprocls.models", "register_model": "reprocls.models"}
+_LAZY = {"create_model": "reprocls.models", "list_models": "reprocls.models", "register_model": "reprocls.models",
+         "load": "reprocls.experiments.predict"}
 __all__ = ["__version__", *_LAZY]
 
 

@@ -184,7 +184,10 @@ def pretrained_preprocessing(config: RunConfig) -> Preprocessing | None:
     """What the recipe's pretrained weights expect of their inputs (None when training from scratch)."""
     if config.model.weights is None and not config.model.kwargs.get("pretrained"):
         return None
-    found = weights_preprocessing(config.model.name, config.model.weights)
+    try:
+        found = weights_preprocessing(config.model.name, config.model.weights)
+    except FileNotFoundError:
+        return None  # building the model names the missing file
     return Preprocessing(**found) if found else None
 
 

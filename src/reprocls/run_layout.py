@@ -43,6 +43,7 @@ SEEDS = "seeds"  # one run folder per seed
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
+INT8_PROGRAM = "model.pt2"  # an INT8 compressed model (torch.export program), model.json beside it
 EXPORT = "export"  # reprocls export writes here by default
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import warnings
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,10 +18,11 @@ from typing import Any
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+from torchvision.transforms import v2
 
 from reprocls._version import __version__
+from reprocls.files import atomic_write_text, write_safetensors
 from reprocls.data.images import to_mode
 from reprocls.data.transforms import EVAL_CROP_RATIO, eval_transform, resolve_preset
 from reprocls.models import MODELS, create_model, load_weights
@@ -51,9 +53,10 @@ def deployment_metadata(weights_metadata: Mapping[str, str]) -> dict[str, Any]:
         kwargs.setdefault("img_size", info["image_size"])  # the run built token-grid models for the data's size
     resize = info.get("resize") or _eval_resize(info, config.get("data") or {})
     metadata = {key: info[key] for key in REQUIRED}
-    metadata.update(model_kwargs=kwargs, resize=resize, weights=info.get("weights", "raw"), dataset=info.get("dataset"))
+    metadata.update(model_kwargs=kwargs, resize=resize, weights=info.get("weights", "raw"), dataset=info.get("dataset"),
+                    interpolation=info.get("interpolation") or "bilinear", compressed=info.get("compressed"))
     if resize == "center_crop":
-        metadata["crop_ratio"] = EVAL_CROP_RATIO
+        metadata["crop_ratio"] = info.get("crop_fraction") or EVAL_CROP_RATIO
     return metadata
 
 
@@ -79,16 +82,21 @@ def _stamped(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return stamped
 
 
-def preprocess(image: Image.Image, metadata: Mapping[str, Any]) -> torch.Tensor:
-    """A (1, C, H, W) float batch from any PIL image, prepared exactly as the model's evaluation data was."""
+def eval_pipeline(metadata: Mapping[str, Any]) -> v2.Compose:
+    """The evaluation transform of a trained model, decoded image -> normalised tensor, from its metadata."""
     channels = int(metadata["in_chans"])
     if len(metadata["mean"]) != channels or len(metadata["std"]) != channels:
         raise ValueError(f"metadata has {channels} input channels but mean/std of length "
                          f"{len(metadata['mean'])}/{len(metadata['std'])}")
     preset = "imagenet" if metadata.get("resize", "square") == "center_crop" else "small"
-    transform = eval_transform(preset, image_size=int(metadata["image_size"]), mean=tuple(metadata["mean"]),
-                               std=tuple(metadata["std"]))
-    return transform(to_mode(image, channels)).unsqueeze(0)
+    return eval_transform(preset, image_size=int(metadata["image_size"]), mean=tuple(metadata["mean"]),
+                          std=tuple(metadata["std"]), interpolation=metadata.get("interpolation") or "bilinear",
+                          crop_fraction=metadata.get("crop_ratio") or EVAL_CROP_RATIO)
+
+
+def preprocess(image: Image.Image, metadata: Mapping[str, Any]) -> torch.Tensor:
+    """A (1, C, H, W) float batch from any PIL image, prepared exactly as the model's evaluation data was."""
+    return eval_pipeline(metadata)(to_mode(image, int(metadata["in_chans"]))).unsqueeze(0)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -192,8 +200,28 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: str | Pa
 
 
 def load_program(path: str | Path) -> nn.Module:
-    """The callable module of a saved program; it is frozen in eval mode (calling .eval() on it raises)."""
+    """The callable module of a saved program; it is frozen in eval mode (calling .eval() on it raises). The INT8
+    operators a quantized program calls are registered first, so compressed models load too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed ops)
     return torch.export.load(path).module()
+
+
+class ProgramModule(nn.Module):
+    """A loaded program as an ordinary inference module: train()/eval() only record the flag (the program is
+    frozen in eval mode and refuses both), so evaluation code can treat it like any model."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "program", program)  # not a submodule: .eval() must not reach it
+
+    def train(self, mode: bool = True) -> ProgramModule:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
 
 
 # ------------------------------------------------------------------------------------ safetensors + JSON
@@ -212,12 +240,9 @@ def export_safetensors(model: nn.Module, path: str | Path, metadata: Mapping[str
     stamped["weights_file"] = path.name
     # clone: safetensors refuses tensors that share storage (tied weights); contiguous CPU copies always save
     state = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
-    weights_tmp, sidecar = _temporary(path), sidecar_path(path)
-    save_file(state, str(weights_tmp), metadata={"reprocls": json.dumps(stamped)})  # self-describing weights
-    sidecar_tmp = _temporary(sidecar)
-    sidecar_tmp.write_text(json.dumps(stamped, indent=2) + "\n")
-    weights_tmp.replace(path)
-    sidecar_tmp.replace(sidecar)
+    sidecar = sidecar_path(path)
+    write_safetensors(path, state, {"reprocls": json.dumps(stamped)})  # self-describing weights
+    atomic_write_text(sidecar, json.dumps(stamped, indent=2) + "\n")
     return path, sidecar
 
 
@@ -225,16 +250,34 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """(eval-mode model, metadata) from exported weights, or from a run's model.safetensors (its own metadata)."""
     path = Path(path)
     if path.suffix == SIDECAR_SUFFIX:
-        path = path.with_suffix(".safetensors")
+        path = path.with_suffix(".pt2") if path.with_suffix(".pt2").exists() else path.with_suffix(".safetensors")
     sidecar = sidecar_path(path)
     if sidecar.exists():
         metadata = json.loads(sidecar.read_text())
     else:
         with safe_open(str(path), framework="pt") as handle:
             metadata = deployment_metadata(handle.metadata() or {})
-    model = create_model(metadata["model"], num_classes=metadata["num_classes"], in_chans=metadata["in_chans"],
-                         **metadata.get("model_kwargs", {}))
+    if path.suffix == ".pt2":  # an INT8 compressed model: the program, with its metadata beside it
+        return ProgramModule(load_program(path)), metadata
+    kwargs = dict(num_classes=metadata["num_classes"], in_chans=metadata["in_chans"], **metadata.get("model_kwargs", {}))
+    compressed = metadata.get("compressed") or {}
+    if compressed.get("prune") == "structured":  # narrower layers: widths from the tensors
+        from safetensors.torch import load_file
+
+        from reprocls.compress.prune import rebuild_pruned
+
+        model = rebuild_pruned(metadata["model"], load_file(str(path)), **kwargs).eval()
+        if compressed.get("quantize") == "dynamic":
+            from reprocls.compress.quantize import quantize_dynamic_int8
+
+            return quantize_dynamic_int8(model), metadata
+        return model, metadata
+    model = create_model(metadata["model"], **kwargs)
     load_weights(model, path)
+    if (metadata.get("compressed") or {}).get("quantize") == "dynamic":  # INT8 Linear layers, made from these weights
+        from reprocls.compress.quantize import quantize_dynamic_int8
+
+        return quantize_dynamic_int8(model), metadata
     return model.eval(), metadata
 
 

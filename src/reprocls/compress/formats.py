@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from reprocls.extras import require
 from reprocls.registry import Registry
 
 # An export format: (eval-mode model, a batch of real preprocessed test images, output path without suffix,
@@ -24,6 +25,7 @@ def onnx_format(model: nn.Module, images: torch.Tensor, stem: Path, metadata: Ma
     """ONNX for onnxruntime, TensorRT, OpenVINO; checked in onnxruntime against the eager model."""
     from reprocls.compress.export import export_onnx, verify_onnx
 
+    require("onnx", "onnxscript", "onnxruntime", feature="ONNX export")
     path = export_onnx(model, images[:1], stem.with_name(stem.name + ".onnx"), metadata=metadata)
     difference = verify_onnx(path, model, images)
     return [path], f"{path}: onnxruntime matches eager on {len(images)} test images (max abs diff {difference:.2e})"

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from reprocls.analysis.profile import count_flops, count_params
+from reprocls.extras import require
 
 Scope = Literal["global", "layer"]
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # layers whose `weight` unstructured pruning considers
@@ -302,12 +303,8 @@ def prune_channels(
     """
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio is the share of channels to remove and must be in (0, 1), not {ratio}")
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise ImportError(
-            "channel pruning needs torch-pruning, an optional extra: pip install 'reprocls[compress]'"
-        ) from None
+    require("torch_pruning", feature="channel pruning")
+    import torch_pruning as tp
 
     was_training = model.training
     model.eval()

@@ -36,6 +36,8 @@ from typing import Iterable, Iterator, Literal
 import torch
 from torch import nn
 
+from reprocls.extras import MissingExtra
+
 Method = Literal["pt2e", "fx"]
 
 _TORCHAO_HINT = "pip install 'reprocls[compress]' (or pip install torchao)"
@@ -175,8 +177,8 @@ def _pt2e() -> SimpleNamespace:
         from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
     except ImportError as error:
-        raise ImportError(f"PT2E INT8 quantization needs torchao, an optional extra: {_TORCHAO_HINT}; "
-                          "method='fx' works without it") from error
+        raise MissingExtra(f"PT2E INT8 quantization needs torchao, an optional extra: {_TORCHAO_HINT}; "
+                           "method='fx' works without it") from error
     return SimpleNamespace(
         X86InductorQuantizer=xiq.X86InductorQuantizer,
         get_default_x86_inductor_quantization_config=xiq.get_default_x86_inductor_quantization_config,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass
@@ -151,13 +152,31 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def shipped_configs() -> Path:
+    """The folder of recipes, compression plans and search spaces that ship inside the package."""
+    return Path(str(importlib.resources.files("reprocls") / "configs"))
+
+
+def find_config(name: str | Path, what: str = "recipe", folder: str = "") -> Path:
+    """A YAML file by path, or by the name of a shipped one ('quickstart', 'fashion_mnist/resnet20',
+    'configs/quickstart.yaml' outside a clone); a ConfigError saying how to list them otherwise."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    relative = str(name).removeprefix("configs/").removeprefix(f"{folder}/" if folder else "")
+    relative = relative if relative.endswith((".yaml", ".yml")) else f"{relative}.yaml"
+    candidate = shipped_configs() / folder / relative
+    if candidate.is_file():
+        return candidate
+    listed = "`reprocls recipes` lists the shipped ones"
+    raise ConfigError(f"{what} {name} does not exist as a file or as a shipped name; {listed}")
+
+
 def read_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The recipe as written plus overrides, before defaults: what the user set explicitly."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"recipe {path} does not exist (recipes live under configs/, e.g. configs/quickstart.yaml)")
+        path = find_config(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
@@ -200,7 +219,7 @@ def resolve(raw: dict[str, Any], path: str | Path | None = None) -> RunConfig:
     """Build, fill the run name from the recipe's file name, and check the keys that span sections."""
     config = build(RunConfig, raw)
     if config.name is None:
-        config.name = Path(path).stem if path is not None else "run"
+        config.name = find_config(path).stem if path is not None else "run"
     validate(config)
     return config
 

@@ -122,18 +122,26 @@ def inspect_image(path: Path, *, digest: bool = False) -> ImageCheck:
         return _failure(path, error)
 
 
+CHUNK = 256  # files a thread checks per hand-over: one task per file costs more than decoding a small image
+
+
 def inspect_images(paths: list[Path], *, digest: bool = False, workers: int = 1,
                    progress: Progress | None = None) -> list[ImageCheck]:
     """`inspect_image` over many files in threads (Pillow decodes without the GIL), in the order given."""
-    results = []
+    def chunk(part: list[Path]) -> list[ImageCheck]:
+        return [inspect_image(path, digest=digest) for path in part]
+
+    results: list[ImageCheck] = []
+    parts = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
     with warnings.catch_warnings():
         # over-limit images are reported as findings; filtered once here, not per thread, as warning filters are global
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for result in pool.map(lambda path: inspect_image(path, digest=digest), paths):
+            for checked in pool.map(chunk, parts):
                 if progress is not None:
-                    progress.update(1)
-                results.append(result)
+                    for _ in checked:
+                        progress.update(1)
+                results += checked
     return results
 
 

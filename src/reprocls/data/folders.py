@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from reprocls.progress import Progress
 
 CACHE_VERSION = 1
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
-HEADER_THREADS = 8  # header reads wait on the disk more than on the CPU
 
 
 def cache_dir() -> Path:
@@ -100,6 +98,7 @@ class FolderScan:
     headers: dict[str, FileHeader]
     decoded: dict[str, list[str]] = field(default_factory=dict)  # path -> [category, detail] of a full decode ('' ok)
     cached: int = 0  # files whose header came from the cache
+    signatures: dict[str, list[int]] = field(default_factory=dict, repr=False)  # path -> [size, mtime_ns] read at
 
     def grey(self) -> bool:
         """Whether every usable image is grey (so one channel loses nothing)."""
@@ -134,9 +133,8 @@ def write_cache(scan: FolderScan) -> None:
     """Store the headers and decode results, keyed by path with the size and mtime they were read at."""
     files = {}
     for path, header in scan.headers.items():
-        try:
-            signature = _signature(scan.root / path)
-        except OSError:
+        signature = scan.signatures.get(path)
+        if signature is None:
             continue
         files[path] = {"sig": signature, "header": [header.width, header.height, header.mode, header.problem, header.detail],
                        "decoded": scan.decoded.get(path)}
@@ -170,11 +168,12 @@ def _scan(root: Path, show_progress: bool) -> FolderScan:
     cached = _read_cache(root)
     headers: dict[str, FileHeader] = {}
     decoded: dict[str, list[str]] = {}
+    signatures: dict[str, list[int]] = {}
     todo = []
     for path, _ in samples:
         entry = cached.get(path)
         try:
-            signature = _signature(root / path)
+            signature = signatures[path] = _signature(root / path)
         except OSError:
             signature = None
         if entry is not None and entry.get("sig") == signature:
@@ -185,12 +184,11 @@ def _scan(root: Path, show_progress: bool) -> FolderScan:
         else:
             todo.append(path)
     progress = Progress(len(todo), "reading image headers", enabled=show_progress and len(todo) >= 2000)
-    with ThreadPoolExecutor(max_workers=HEADER_THREADS) as pool:
-        for path, header in zip(todo, pool.map(lambda p: read_header(root / p), todo)):
-            headers[path] = header
-            progress.update(1)
+    for path in todo:  # serial: a header read is ~0.1 ms, less than a thread pool's hand-over costs
+        headers[path] = read_header(root / path)
+        progress.update(1)
     progress.close()
-    scan = FolderScan(root, classes, samples, headers, decoded, cached=len(samples) - len(todo))
+    scan = FolderScan(root, classes, samples, headers, decoded, cached=len(samples) - len(todo), signatures=signatures)
     if todo:
         write_cache(scan)
     return scan

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from reprocls.files import write_safetensors
 
 WEIGHTS, STATE, MANIFEST = "weights.safetensors", "state.pt", "manifest.json"
 
@@ -54,7 +56,7 @@ def write_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], 
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         temporary.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary / WEIGHTS))
+        write_safetensors(temporary / WEIGHTS, {k: v.detach().contiguous().cpu() for k, v in tensors.items()})
         torch.save(state, temporary / STATE)
         manifest = {**info, "step": step, "files": {name: sha256(temporary / name) for name in (WEIGHTS, STATE)}}
         (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -78,6 +78,15 @@ def all_reduce_sum(*values: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def all_gather_cat(values: torch.Tensor) -> torch.Tensor:
+    """Every process's CPU tensor concatenated in rank order (each its own length; identity in a world of one)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    parts: list[torch.Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, values.cpu())
+    return torch.cat([part for part in parts if part is not None])
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside DistributedDataParallel and torch.compile wrappers."""
     while True:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from reprocls.engine.distributed import all_reduce_sum, unwrap
+from reprocls.engine.distributed import all_gather_cat, all_reduce_sum, unwrap
 from reprocls.engine.precision import autocast
 from reprocls.metrics import confusion_matrix, per_class_accuracy, topk_correct
 from reprocls.progress import Progress
@@ -47,6 +47,8 @@ class EvalResult:
     samples: int
     confusion: torch.Tensor = field(repr=False)
     seconds: float = 0.0
+    scores: torch.Tensor | None = field(default=None, repr=False)  # two classes: P(class 1) of every image
+    labels: torch.Tensor | None = field(default=None, repr=False)  # their labels, in the same order
 
     @property
     def per_class(self) -> list[float]:
@@ -144,6 +146,7 @@ def train_one_epoch(trainee: Trainee, loader: Batches, settings: TrainSettings, 
     bar.skip(state.micro // accum_steps)
     start = time.perf_counter()
     images_before = state.seen
+    first_step_at: float | None = None  # when this pass's first optimizer step ended (start-up is measured to it)
     optimizer.zero_grad(set_to_none=True)
     for micro, (images, targets) in enumerate(itertools.islice(loader, total_micro - state.micro), start=state.micro):
         completes_step = (micro + 1) % accum_steps == 0
@@ -182,6 +185,7 @@ def train_one_epoch(trainee: Trainee, loader: Batches, settings: TrainSettings, 
             state.nonfinite_skipped += 1
         optimizer.zero_grad(set_to_none=True)
         state.step, state.micro = state.step + 1, micro + 1
+        first_step_at = first_step_at or time.perf_counter()
         if logger is not None and state.step % settings.log_every == 0:
             logger.log_step(state.step, {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]})
         every = settings.checkpoint_every
@@ -198,7 +202,7 @@ def train_one_epoch(trainee: Trainee, loader: Batches, settings: TrainSettings, 
     loss_sum, correct, seen, processed = all_reduce_sum(loss_sum, correct, seen, processed)
     total = max(int(seen), 1)
     return {"loss": float(loss_sum) / total, "top1": int(correct) / total, "images_per_s": int(processed) / seconds,
-            "seconds": seconds}
+            "seconds": seconds, "first_step_at": first_step_at}
 
 
 StepOutcome = Literal["stepped", "skipped_by_scaler", "nonfinite"]
@@ -245,8 +249,11 @@ def die_if_asked(step: int) -> None:
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dtype: torch.dtype | None,
              num_classes: int, criterion: nn.Module | None = None, description: str = "eval",
              progress: bool = True) -> EvalResult:
-    """Loss, top-1/top-5 and the confusion matrix over a whole split, with BatchNorm and dropout in eval mode."""
+    """Loss, top-1/top-5 and the confusion matrix over a whole split, with BatchNorm and dropout in eval mode; for
+    two classes also every image's P(class 1), for ROC and PR curves."""
     model.eval()
+    scores: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
     criterion = criterion or nn.CrossEntropyLoss()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     counts = torch.zeros(3, dtype=torch.long, device=device)  # top-1 hits, top-5 hits, images
@@ -261,13 +268,20 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dt
         hits1, hits5 = topk_correct(logits, targets, (1, 5))
         counts += torch.tensor([hits1, hits5, targets.shape[0]], device=device)
         confusion += confusion_matrix(logits.argmax(1), targets, num_classes)
+        if num_classes == 2:
+            scores.append(logits.softmax(1)[:, 1].cpu())
+            labels.append(targets.cpu())
         bar.update(targets.shape[0])
     bar.close()
     loss_sum, counts, confusion = all_reduce_sum(loss_sum, counts, confusion)  # each process saw a disjoint shard
     top1, top5, seen = counts.tolist()
     if seen == 0:
         raise ValueError(f"{description}: the split is empty")
-    return EvalResult(float(loss_sum) / seen, top1 / seen, top5 / seen, seen, confusion.cpu(), time.perf_counter() - start)
+    result = EvalResult(float(loss_sum) / seen, top1 / seen, top5 / seen, seen, confusion.cpu(), time.perf_counter() - start)
+    if num_classes == 2:
+        result.scores = all_gather_cat(torch.cat(scores) if scores else torch.zeros(0))
+        result.labels = all_gather_cat(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
+    return result
 
 
 @dataclass
@@ -280,6 +294,7 @@ class FitResult:
     train_seconds: float = 0.0
     images_per_s: float = 0.0
     nonfinite_skipped: int = 0
+    first_step_at: float | None = None  # time.perf_counter() when this process's first optimizer step ended
 
 
 def fit(trainee: Trainee, train_loader: Batches, val_loader: Iterable | None, settings: TrainSettings,
@@ -296,6 +311,8 @@ def fit(trainee: Trainee, train_loader: Batches, val_loader: Iterable | None, se
     while state.epoch < settings.epochs:
         epoch = state.epoch
         train = train_one_epoch(trainee, train_loader, settings, state, checkpoint=checkpoint, logger=logger)
+        first = train.pop("first_step_at")
+        result.first_step_at = result.first_step_at or first
         record: dict = {"epoch": epoch + 1, "step": state.step, "lr": trainee.optimizer.param_groups[0]["lr"],
                         **{f"train_{k}": v for k, v in train.items()}}
         last = epoch + 1 == settings.epochs

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from reprocls import run_layout as layout
+from reprocls.compress.export import deployment_metadata, export_program
 from reprocls.analysis.profile import count_flops
-from reprocls.compress.measure import Variant, latency_ms
+from reprocls.compress.measure import SPREAD_WARNING, Variant, latency
 from reprocls.compress.prune import iterative_amounts, make_permanent, prune_channels, prune_unstructured, sparsity
 from reprocls.compress.quantize import model_size_bytes
-from reprocls.config import ConfigError, OptimConfig, ScheduleConfig, build
+from reprocls.config import ConfigError, OptimConfig, ScheduleConfig, build, find_config
 from reprocls.data import make_loader
 from reprocls.engine import Trainee, TrainSettings, build_optimizer, build_scheduler, evaluate, fit, scaled_lr
 from reprocls.experiments.evaluate import TrainedRun, load_trained_run
@@ -25,6 +26,7 @@ from reprocls.recipe import build_criterion
 from reprocls.reports.compression import comparison_rows, plot_comparison
 from reprocls.reports.plots import save
 from reprocls.reports.tables import format_grid, markdown_table
+from reprocls.files import atomic_write_text, write_safetensors
 
 PruneMethod = Literal["none", "unstructured", "structured"]
 QuantizeMethod = Literal["none", "dynamic", "static", "qat"]
@@ -61,9 +63,7 @@ def load_plan(path: str | Path) -> CompressPlan:
     """A compression recipe from YAML: the same keys as CompressPlan, unknown ones rejected with a suggestion."""
     import yaml
 
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"--plan {path} does not exist (plans live under configs/compress/)")
+    path = find_config(path, "--plan", "compress")  # a file, or a shipped plan by name: resnet20_structured_int8
     plan = build(CompressPlan, yaml.safe_load(path.read_text()) or {}, "plan")
     plan.validate()
     return plan
@@ -105,14 +105,19 @@ class Compressor:
                         description="test", progress=self.progress).top1
 
     def measure(self, name: str, model: nn.Module, *, notes: str = "") -> Variant:
-        latencies = {b: latency_ms(model, self.sample, b) for b in self.plan.batches}
+        timed = {b: latency(model, self.sample, b) for b in self.plan.batches}
         int8 = notes.startswith("int8")  # INT8 programs hold their weights as graph constants, not conv/linear modules
         macs = None if int8 else int(count_flops(model, tuple(self.sample.shape))["macs"])
         params = None if int8 else count_params(model)
         zeros = None if int8 else sparsity(model).fraction
-        variant = Variant(name, self.top1(model), params, model_size_bytes(model), latencies, macs, zeros, notes)
-        self.say(f"  {name}: top-1 {100 * variant.top1:.2f} %, " +
-                 ", ".join(f"batch {b} {ms:.2f} ms" for b, ms in latencies.items()))
+        variant = Variant(name, self.top1(model), params, model_size_bytes(model), {b: t.median for b, t in timed.items()},
+                          macs, zeros, notes, {b: t.spread for b, t in timed.items()})
+        self.say(f"  {name}: top-1 {100 * variant.top1:.2f} %, " + ", ".join(f"batch {b} {t.text()}" for b, t in timed.items()))
+        unsteady = [b for b, t in timed.items() if t.spread > SPREAD_WARNING]
+        if unsteady:
+            self.say(f"  warning: {name}'s timings at batch {', '.join(map(str, unsteady))} spread by more than "
+                     f"{100 * SPREAD_WARNING:.0f} % of their median: another process is probably using the CPU; rerun "
+                     "the compression alone for speed-ups you can trust")
         return variant
 
     def finetune(self, model: nn.Module, epochs: int, *, amp: bool = True) -> None:
@@ -171,9 +176,12 @@ class Compressor:
             name = f"{self.plan.prune} {100 * self.plan.amount:.0f}%"
             variants.append(self.measure(name, model))
         if self.plan.quantize != "none":
+            self.before_quantization = model
             quantized = self.quantized(model)
             name = (variants[-1].name + " + " if len(variants) > 1 else "") + f"int8 {self.plan.quantize}"
             variants.append(self.measure(name, quantized, notes="int8"))
+            model = quantized
+        self.final = model
         return variants
 
 
@@ -190,7 +198,12 @@ def compress_run(target: str | Path, plan: CompressPlan, *, out: Path | None = N
     else:
         folder = layout.new_stamped_folder(loaded.run_dir or loaded.weights.parent, "compress")
     say(f"compressing {loaded.config.model.name} from {loaded.weights} into {folder}")
-    variants = Compressor(loaded, plan, say, progress).run()
+    compressor = Compressor(loaded, plan, say, progress)
+    variants = compressor.run()
+    if plan.quantize == "dynamic" and variants[-1].latency_ms[max(plan.batches)] > 0.9 * variants[0].latency_ms[max(plan.batches)]:
+        say("  note: dynamic INT8 quantizes only nn.Linear layers; a CNN's convolutions stay float, so it gains little "
+            "speed: use --quantize static for convolutional models")
+    saved = save_compressed(folder, loaded, compressor, plan)
     rows = comparison_rows(variants)
     (folder / layout.COMPARE_JSON).write_text(json.dumps({"plan": asdict(plan), "threads": torch.get_num_threads(),
                                                            "variants": [asdict(v) for v in variants]}, indent=2))
@@ -198,4 +211,34 @@ def compress_run(target: str | Path, plan: CompressPlan, *, out: Path | None = N
     save(plot_comparison(variants), folder / layout.COMPARE_PNG)
     say("\n" + format_grid(rows))
     say(f"\ncomparison: {folder / layout.COMPARE_MD}, plot: {folder / layout.COMPARE_PNG}")
+    if saved is None:
+        say("compressed model: not saved: torch.export cannot take FX's packed INT8 modules; compress with "
+            "--quantize-backend pt2e to keep the INT8 model")
+    else:
+        say(f"compressed model: {saved}" + (" (reprocls eval / predict / export take it)" if saved.suffix == ".safetensors"
+                                            else " (reprocls eval / predict take it)"))
     return folder, variants
+
+
+def save_compressed(folder: Path, loaded: TrainedRun, compressor: Compressor, plan: CompressPlan) -> Path | None:
+    """The final compressed model into the folder, loadable like a run's weights: a pruned float model as
+    model.safetensors (its widths are read back from the tensors), dynamic INT8 as the float weights it is computed
+    from (quantized again on loading, exactly), static and QAT INT8 as a torch.export program model.pt2 with
+    model.json beside it (metadata and the recipe). FX INT8 modules cannot be exported: None."""
+    metadata = dict(loaded.metadata)
+    record = json.loads(metadata["reprocls"])
+    record["compressed"] = {"prune": plan.prune, "amount": plan.amount if plan.prune != "none" else None,
+                            "quantize": plan.quantize}
+    metadata["reprocls"] = json.dumps(record)
+    final = compressor.final
+    if plan.quantize in ("none", "dynamic"):
+        source = compressor.before_quantization if plan.quantize == "dynamic" else final
+        state = {k: v.detach().contiguous().cpu() for k, v in source.state_dict().items()}
+        return write_safetensors(folder / layout.WEIGHTS, state, metadata)
+    if plan.quantize == "static" and plan.quantize_backend == "fx":
+        return None
+    program_path = folder / layout.INT8_PROGRAM
+    export_program(final.program if hasattr(final, "program") else final, compressor.example, program_path)
+    atomic_write_text(program_path.with_suffix(".json"), json.dumps({**deployment_metadata(metadata),
+                                                                      "config": json.loads(metadata["config"])}, indent=2))
+    return program_path

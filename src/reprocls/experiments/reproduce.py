@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from reprocls.metrics.stats import describe
 from reprocls.metrics.verdict import NOISE_RULE, judge
 from reprocls.reports.reproduction_page import (METRICS, split_note, statistics_rows, write_reproduction_markdown,
                                                 write_reproduction_page)
-from reprocls.reports.tables import format_grid
+from reprocls.reports.tables import ACCURACY_KEYS, format_grid
 
 DEFAULT_SEEDS = 3
 
@@ -47,7 +48,7 @@ def statistics(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for key, _ in METRICS:
         values = [r["metrics"][key] for r in records if r["metrics"].get(key) is not None]
         if values:
-            out[key] = describe(values)
+            out[key] = describe(values, (0.0, 1.0) if key in ACCURACY_KEYS else (0.0, math.inf))
     return out
 
 

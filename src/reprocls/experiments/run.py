@@ -8,21 +8,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from reprocls import run_layout as layout
 from reprocls.config import ConfigError, RunConfig, dump, to_dict
 from reprocls.data import make_loader
-from reprocls.data.datasets import DatasetSplits
+from reprocls.data.datasets import DatasetSplits, TensorSplit
 from reprocls.engine import FitResult, evaluate, fit
 from reprocls.engine.distributed import World, init_distributed, shutdown_distributed
 from reprocls.engine.train import TrainState
 from reprocls.envinfo import environment
-from reprocls.experiments.evaluate import eval_result_dict, predict_split
+from reprocls.experiments.evaluate import binary_results, eval_result_dict, predict_split
 from reprocls.experiments.resume import Checkpointer, agree_on, find_resume_point, restore
-from reprocls.files import atomic_write_json, atomic_write_text
+from reprocls.files import atomic_write_json, atomic_write_text, write_safetensors
 from reprocls.metrics.mistakes import PredictionLog, RecordingModel, covers_split
 from reprocls.metrics.verdict import judge
 from reprocls.models import count_params
@@ -71,9 +70,17 @@ class RunWriter:
         self.tensorboard.close()
 
 
+def eval_resize(config: RunConfig, splits: DatasetSplits) -> str:
+    """How evaluation resized images: 'center_crop' (the imagenet preset's resize + crop, per image) or 'square'
+    (a plain resize: small presets, and in-memory data resized as tensors)."""
+    in_memory = isinstance(splits.test, TensorSplit) and config.data.in_memory != "no" and splits.eval_transform is None
+    preset = resolve_preset(config.data.preset, splits.native_size or splits.image_size)
+    return "center_crop" if preset == "imagenet" and not in_memory else "square"
+
+
 def model_metadata(config: RunConfig, splits: DatasetSplits, model: nn.Module, weights: str = "raw") -> dict[str, str]:
     """What travels inside the weights file so the model can be used without the recipe."""
-    info = {"weights": weights, "model": config.model.name, "num_classes": splits.num_classes,
+    info = {"resize": eval_resize(config, splits),"weights": weights, "model": config.model.name, "num_classes": splits.num_classes,
             "in_chans": config.model.in_chans or splits.in_chans, "model_kwargs": config.model.kwargs,
             "classes": splits.classes, "image_size": splits.image_size, "mean": list(splits.mean), "std": list(splits.std),
             "interpolation": splits.interpolation, "crop_fraction": splits.crop_fraction,
@@ -83,10 +90,7 @@ def model_metadata(config: RunConfig, splits: DatasetSplits, model: nn.Module, w
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     """Safetensors weights (no pickle), written to a temporary name first so a crash keeps the old file."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(temporary), metadata=metadata)
-    temporary.replace(path)
+    write_safetensors(path, {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, metadata)
 
 
 def reference_gap(config: RunConfig, test_top1: float) -> dict[str, Any] | None:
@@ -241,8 +245,11 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         "test": eval_result_dict(test, splits.classes),
         "train_time_s": outcome.train_seconds, "images_per_s": outcome.images_per_s,
         "wall_time_s": time.perf_counter() - wall_start,
+        "first_step_s": outcome.first_step_at - wall_start if outcome.first_step_at else None,
+        "first_step_unix": time.time() - (time.perf_counter() - outcome.first_step_at) if outcome.first_step_at else None,
         "reference": reference_gap(config, test.top1),
         "skipped_images": len(splits.skipped),
+        "binary": binary_results(config, splits, chosen_val, test) if splits.num_classes == 2 else None,
         "input": input_record(config, session),
         "weights": session.weights.to_dict() if session.weights is not None else None,
         "fine_tuning": {**tuning.record(model), "head_only_epochs": config.train.head_only_epochs},

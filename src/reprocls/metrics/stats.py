@@ -23,9 +23,10 @@ def t_quantile_975(df: int) -> float:
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
-def describe(values: Sequence[float]) -> dict[str, Any]:
-    """n, mean, sample std (ddof=1), 95 % Student t interval of the mean, min and max; std and interval are None for
-    one value, since one seed says nothing about the spread."""
+def describe(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, Any]:
+    """n, mean, sample std (ddof=1), 95 % Student t interval of the mean (clipped to `bounds`: an accuracy's to
+    [0, 1], a time's to [0, inf)), min and max; std and interval are None for one value, since one seed says
+    nothing about the spread."""
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         raise ValueError("describe needs at least one value")
@@ -35,7 +36,8 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
     if data.size >= 2:
         std = float(data.std(ddof=1))
         half_width = t_quantile_975(data.size - 1) * std / math.sqrt(data.size)
-        stats.update(std=std, ci95=[mean - half_width, mean + half_width])
+        low, high = bounds
+        stats.update(std=std, ci95=[max(low, mean - half_width), min(high, mean + half_width)])
     else:
         stats["note"] = "one seed: std and confidence interval are undefined; run more seeds"
     return stats

@@ -52,9 +52,10 @@ def judge(values: Sequence[float], reference: ReferenceConfig | None) -> dict[st
                    gap=gap, short_by=max(0.0, -gap), noise=noise)
     short = f"short by {points(-gap)} points"
     if mean >= reference.top1 - reference.tolerance - BOUNDARY_EPS:
+        where = ("above the reported number" if gap > BOUNDARY_EPS else
+                 f"within the {points(reference.tolerance)}-point tolerance")
         return {**verdict, "status": "reproduced", "tone": "good", "label": "reproduced",
-                "text": f"reproduced: {versus}; gap {100 * gap:+.2f} points, within the {points(reference.tolerance)}-point "
-                        "tolerance"}
+                "text": f"reproduced: {versus}; gap {100 * gap:+.2f} points, {where}"}
     if noise is not None and -gap <= noise + BOUNDARY_EPS:
         return {**verdict, "status": "within noise", "tone": "warn", "label": f"within noise: {short}",
                 "text": f"within noise: {short} ({versus}); more than the {points(reference.tolerance)}-point "

@@ -110,7 +110,8 @@ def first_conv_key(model: nn.Module) -> str | None:
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """A first-layer kernel for another channel count: summed over RGB for one channel (a grey image is R = G = B),
-    else the RGB filters repeated and scaled by 3 / in_chans so the response to a constant image is unchanged."""
+    else the RGB filters repeated and scaled by 3 / in_chans (for a multiple of 3 channels the response to a
+    constant image is unchanged), as timm adapts them."""
     trained = weight.shape[1]
     if in_chans == trained:
         return weight

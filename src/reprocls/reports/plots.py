@@ -110,3 +110,25 @@ def plot_class_bars(names: list[str], series: dict[str, list[float]], *, errors:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_roc_pr(binary: dict) -> Figure:
+    """ROC and precision-recall curves of a two-class model on test, the operating point marked on both."""
+    test = binary["test"]
+    roc, pr, point = test["curves"]["roc"], test["curves"]["pr"], test["at_threshold"]
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_roc.plot(roc["fpr"], roc["tpr"], color="#2b6cb0", label=f"ROC-AUC {test['roc_auc']:.3f}")
+    ax_roc.plot([0, 1], [0, 1], linestyle=":", color="#8a8f98", label="chance")
+    ax_roc.plot(point["false_positive_rate"], point["recall"], "o", color="#c53030", label=f"threshold {test['threshold']:.3g}")
+    ax_roc.set(xlabel="false-positive rate", ylabel=f"recall of {binary['positive_class']}", xlim=(0, 1), ylim=(0, 1.02))
+    ax_pr.plot(pr["recall"], pr["precision"], color="#2b6cb0", label=f"PR-AUC {test['pr_auc']:.3f}")
+    ax_pr.axhline(test["positive_rate"], linestyle=":", color="#8a8f98", label=f"chance ({test['positive_rate']:.3f})")
+    if point["precision"] == point["precision"]:  # not NaN
+        ax_pr.plot(point["recall"], point["precision"], "o", color="#c53030", label=f"threshold {test['threshold']:.3g}")
+    ax_pr.set(xlabel=f"recall of {binary['positive_class']}", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    for ax in (ax_roc, ax_pr):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
+    fig.tight_layout()
+    return fig
+

@@ -13,7 +13,7 @@ import numpy as np
 from reprocls import run_layout as layout
 from reprocls.reports import html
 from reprocls.reports.folders import read_history, read_results
-from reprocls.reports.plots import plot_confusion, plot_curves, save
+from reprocls.reports.plots import plot_confusion, plot_curves, plot_roc_pr, save
 from reprocls.reports.tables import percent, results_table
 
 CURVES_CAPTION = "Loss and top-1 per epoch (train loss includes label smoothing and augmentation)."
@@ -64,6 +64,7 @@ def write_run_html(run_dir: str | Path, *, mistakes_missing: str = "") -> Path:
                                                 "predicted as each class (column), in percent.", alt="confusion matrix")),
         ("Most confident mistakes (test)", mistakes_section(run_dir, mistakes, mistakes_missing)),
         ("Per-class accuracy (test)", per_class_section(results)),
+        *([("Two-class detector (test)", detector_section(results["binary"]))] if results.get("binary") else []),
         ("Resolved config", config_section(run_dir)),
         ("Environment", environment_section(run_dir)),
     ]
@@ -81,11 +82,18 @@ def headline(results: dict[str, Any]) -> str:
              ("train time", f"{results['train_time_s']:.0f} s"), ("train speed", f"{results['images_per_s']:,.0f} img/s")]
     if results.get("ema"):
         items.append(("weights", f"{results['ema']['chosen']} (EMA decay {results['ema']['decay']:g})"))
+    if "macro_f1" in test:
+        items += [("test macro-F1", percent(test["macro_f1"])), ("balanced accuracy", percent(test["balanced_accuracy"]))]
+    if results.get("binary"):
+        items.append(("ROC-AUC", f"{results['binary']['test']['roc_auc']:.4f}"))
     banner = ""
+    if results.get("skipped_images"):
+        banner += html.verdict(f"{results['skipped_images']} image file(s) could not be decoded and were left out of this "
+                               f"run (data.on_bad_image=skip); {layout.SKIPPED} lists them.", "warn")
     reference = results.get("reference")
     if reference:
         reproduced = reference["verdict"] == "reproduced"
-        banner = html.verdict(f"{'Reproduced' if reproduced else 'Not reproduced'}: test top-1 {percent(test['top1'])} "
+        banner += html.verdict(f"{'Reproduced' if reproduced else 'Not reproduced'}: test top-1 {percent(test['top1'])} "
                               f"vs {percent(reference['top1'])} reported ({reference['source']}), gap "
                               f"{100 * reference['gap']:+.2f} points, tolerance {100 * reference['tolerance']:.2f} points"
                               f" ({reference['verdict']})", "good" if reproduced else "bad")
@@ -124,16 +132,35 @@ def per_class_section(results: dict[str, Any]) -> str:
     """Recall of every class in class order, with a bar, its image count and the class it is most mistaken for."""
     confusion = np.array(results["test"]["confusion"])
     classes = results["classes"]
-    rows: list[list[Any]] = [["class", "top-1", "", "test images", "most often predicted instead"]]
+    test = results["test"]
+    extra = "precision" in test
+    rows: list[list[Any]] = [["class", "top-1", "", "test images", "most often predicted instead",
+                              *(["precision", "F1"] if extra else [])]]
     for index, name in enumerate(classes):
-        accuracy = results["test"]["per_class"][name]
+        accuracy = test["per_class"][name]
         wrong = confusion[index].copy()
         wrong[index] = 0
         instead = f"{classes[int(wrong.argmax())]} ({int(wrong.max())})" if wrong.max() > 0 else "—"
         shown = "—" if accuracy is None or math.isnan(accuracy) else percent(accuracy)
-        rows.append([name, shown, html.bar(accuracy if accuracy is not None else math.nan), f"{int(confusion[index].sum()):,}",
-                     instead])
-    return html.table(rows, numeric_columns=(1, 3))
+        scores = [percent(test["precision"][name]), percent(test["f1"][name])] if extra else []
+        rows.append([name, shown, html.bar(accuracy if accuracy is not None else math.nan),
+                     f"{int(confusion[index].sum()):,}", instead, *scores])
+    return html.table(rows, numeric_columns=(1, 3, 5, 6) if extra else (1, 3))
+
+
+def detector_section(binary: dict[str, Any]) -> str:
+    """ROC and PR curves with the operating point, and the threshold's precision and recall on validation and test."""
+    rows = [["split", "ROC-AUC", "PR-AUC", "recall at threshold", "precision at threshold", "false-positive rate"]]
+    for split in ("val", "test"):
+        if split in binary:
+            record, point = binary[split], binary[split]["at_threshold"]
+            rows.append([split, f"{record['roc_auc']:.4f}", f"{record['pr_auc']:.4f}", percent(point["recall"]),
+                         percent(point["precision"]), percent(point["false_positive_rate"])])
+    text = (f"Positive class: {binary['positive_class']}. Threshold {binary['test']['threshold']:.4g}, chosen on "
+            f"{binary['threshold_from']} as the highest that keeps {percent(binary['target_recall'])} of its images "
+            "(eval.target_recall); the test split plays no part in the choice.")
+    return (html.figure(plot_roc_pr(binary), "ROC and precision-recall curves on test; the dot is the operating point.",
+                        alt="ROC and PR curves") + html.paragraph(text) + html.table(rows, numeric_columns=(1, 2, 3, 4, 5)))
 
 
 def config_section(run_dir: Path) -> str:

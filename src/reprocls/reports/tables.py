@@ -45,6 +45,19 @@ def results_table(results: dict[str, Any]) -> list[tuple[str, str]]:
              ("test loss", f"{results['test']['loss']:.4f}"), ("epochs", str(results["epochs"])),
              ("train time", f"{results['train_time_s']:.0f} s ({results['images_per_s']:,.0f} img/s)"),
              ("wall time", f"{results['wall_time_s']:.0f} s")]
+    test = results["test"]
+    if "macro_f1" in test:
+        rows += [("test macro-F1", percent(test["macro_f1"])), ("test balanced accuracy", percent(test["balanced_accuracy"]))]
+    binary = results.get("binary")
+    if binary:
+        point = binary["test"]["at_threshold"]
+        rows += [("test ROC-AUC / PR-AUC", f"{binary['test']['roc_auc']:.4f} / {binary['test']['pr_auc']:.4f} "
+                                           f"(positive class {binary['positive_class']})"),
+                 ("operating point", f"threshold {binary['test']['threshold']:.4g} (from {binary['threshold_from']}, "
+                                     f"target recall {percent(binary['target_recall'])}): test recall "
+                                     f"{percent(point['recall'])}, precision {percent(point['precision'])}")]
+    if results.get("skipped_images"):
+        rows.append(("skipped images", f"{results['skipped_images']} undecodable file(s) left out (skipped_images.json)"))
     reference = results.get("reference")
     if reference:
         rows.append(("reference", f"{percent(reference['top1'])} ({reference['source']})"))

@@ -275,3 +275,69 @@ def norm_weight_decay(context: Context) -> list[Finding]:
                    "reference.norm_weight_decay: true)")
     return [Finding("norm_weight_decay", "warning", "optim.decay_norm_and_bias", message,
                     "optim.decay_norm_and_bias: false")]
+
+
+UPSCALE_WARNING = 3  # image_size / the images' own size at and above which the doctor speaks
+
+
+@CHECKS.register
+def upscale(context: Context) -> list[Finding]:
+    """Images enlarged many times cost that factor squared in compute per image and add no detail."""
+    native, size = context.dataset.image_size, context.image_size
+    if not native or size < UPSCALE_WARNING * native:
+        return []
+    factor = size / native
+    source = ("data.image_size" if context.config.data.image_size else
+              f"the weights' input size ({context.weights.source})" if context.weights is not None else "the default")
+    pretrained = context.weights is not None
+    needs_it = warn_if_input_too_small_quietly(context.model, native)  # an ImageNet stem: upscaling is its remedy
+    message = (f"the images are {native} px but the model sees them at {size} px ({source}): {factor:.1f}x larger, "
+               f"{factor ** 2:.0f}x the compute per image, with no detail the images do not have")
+    fix = (f"data.image_size: {native} (or a small multiple; a small-image model such as resnet20 suits {native} px)"
+           + ("; pretrained weights may still prefer their own size, so compare both on validation" if pretrained else ""))
+    return [Finding("upscale", "info" if pretrained or needs_it else "warning", "data.image_size", message, fix)]
+
+
+def warn_if_input_too_small_quietly(model: nn.Module, size: int) -> bool:
+    """Whether the model's stem is made for large images, so small ones must be enlarged for it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return warn_if_input_too_small(model, size) is not None
+
+
+PREPROCESSING_KEYS = ("mean", "std", "image_size", "interpolation", "crop_fraction")
+
+
+@CHECKS.register
+def preprocessing_mismatch(context: Context) -> list[Finding]:
+    """Pretrained weights were trained on inputs prepared one way; feeding them another way costs accuracy."""
+    weights, data = context.weights, context.config.data
+    if weights is None:
+        return []
+    differing = []
+    for key in PREPROCESSING_KEYS:
+        theirs, ours = getattr(weights, key), getattr(data, key)
+        if theirs is None or ours is None:
+            continue
+        if key in ("mean", "std"):
+            theirs = convert_stats(tuple(theirs), len(ours))
+            same = len(theirs) == len(ours) and all(abs(a - b) <= STATS_TOLERANCE for a, b in zip(theirs, ours))
+        else:
+            same = theirs == ours if not isinstance(theirs, float) else abs(theirs - ours) < 1e-6
+        if not same:
+            differing.append(f"data.{key} {_show(ours)} (the weights: {_show(theirs)})")
+    if not differing:
+        return []
+    keys = ", ".join(item.split(" ", 1)[0] for item in differing)
+    return [Finding("preprocessing_mismatch", "warning", differing[0].split(" ", 1)[0],
+                    f"the recipe prepares inputs unlike the weights were trained on ({weights.source}): "
+                    + "; ".join(differing),
+                    f"remove {keys} from the recipe so the weights' own values apply (unless you changed them on "
+                    "purpose and checked it on validation)")]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return _numbers(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+

@@ -19,11 +19,13 @@ from reprocls.config import ConfigError, RunConfig
 from reprocls.data import DATASETS, DatasetSplits, FileSplit, TensorSplit, make_loader
 from reprocls.data.check import find_unusable
 from reprocls.data.datasets import IMAGENET_MEAN, IMAGENET_STD, DatasetFacts, convert_stats, known_facts, split_seed
-from reprocls.data.folders import scan_image_folder
+from reprocls.data.folders import FolderScan, scan_folder
+from reprocls.data.image_folder import native_size
+from reprocls.data.transforms import Preprocessing
 from reprocls.data.loaders import Loader
 from reprocls.data.splits import stratified_split
 from reprocls.data.stats import channel_stats
-from reprocls.recipe import Shape, build_model, check_names
+from reprocls.recipe import Shape, build_model, check_names, pretrained_preprocessing
 from reprocls.registry import Registry
 
 Severity = Literal["error", "warning", "info"]
@@ -60,13 +62,21 @@ class Context:
         return DATASETS.get(self.config.data.name)(self.config.data, split_seed(self.config.data, self.config.seed))
 
     @cached_property
-    def folder(self) -> tuple[Path, list[str], list[tuple[str, int]]]:
-        """image_folder: (root, classes, samples) from a directory scan, without decoding any file."""
+    def scan(self) -> FolderScan:
+        """image_folder: classes, files and headers (cached), without decoding any pixels."""
         if not self.config.data.root:
             raise ConfigError("data.root: image_folder needs the path of a folder with one sub-folder per class")
-        root = Path(self.config.data.root).expanduser()
-        classes, samples = scan_image_folder(root)
-        return root, classes, samples
+        return scan_folder(Path(self.config.data.root).expanduser())
+
+    @property
+    def folder(self) -> tuple[Path, list[str], list[tuple[str, int]]]:
+        """image_folder: (root, classes, samples) from the scan."""
+        return self.scan.root, self.scan.classes, self.scan.samples
+
+    @cached_property
+    def weights(self) -> Preprocessing | None:
+        """What the recipe's pretrained weights expect of their inputs (None from scratch or when they do not say)."""
+        return pretrained_preprocessing(self.config)
 
     @cached_property
     def dataset(self) -> DatasetFacts:
@@ -76,17 +86,19 @@ class Context:
         if facts is not None:
             return facts
         if name == "image_folder":
-            _, classes, samples = self.folder
-            train = round(len(samples) * self.config.data.split[0])
-            return DatasetFacts(224, 3, len(classes), train, IMAGENET_MEAN, IMAGENET_STD)
+            scan = self.scan
+            train = round(len(scan.samples) * self.config.data.split[0])
+            side, _ = native_size(scan, [path for path, _ in scan.samples])
+            return DatasetFacts(side, 1 if scan.grey() else 3, len(scan.classes), train, IMAGENET_MEAN, IMAGENET_STD)
         splits = self.native_splits
         train = len(splits.train) + (len(splits.val) if splits.val is not None else 0)
         return DatasetFacts(splits.image_size, splits.in_chans, splits.num_classes, train, splits.mean, splits.std)
 
     @property
     def image_size(self) -> int:
-        """The side the model sees: data.image_size, else the dataset's own."""
-        return self.config.data.image_size or self.dataset.image_size
+        """The side the model sees: data.image_size, else the weights' input size, else the dataset's own."""
+        weights = self.weights.image_size if self.weights is not None else None
+        return self.config.data.image_size or weights or self.dataset.image_size
 
     @property
     def in_chans(self) -> int:
