@@ -41,7 +41,7 @@ def test_unknown_top_level_section(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("optim.lr=-1", r"optim\.lr: -1.* > 0"),
+        ("optim.lr=-1", r"optim\.lr: -1.* in \(0, 1000\]"),
         ("optim.lr=fast", r"optim\.lr: expected a number"),
         ("schedule.epochs=2.5", r"schedule\.epochs: expected an integer"),
         ("train.precision=bf61", r"train\.precision.*'bf16'"),

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import errno
+import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from reprocls.config import ConfigError, load_config, to_dict
@@ -23,35 +24,43 @@ from reprocls.experiments.resume import ResumePoint, check_same_experiment, conf
 
 REPO = Path(__file__).parent.parent
 CPU = torch.device("cpu")
-# about 512 images in batches of 64: 7 optimizer steps per epoch, 2 epochs; bf16, channels_last, erasing and EMA all on
+# 512 images in batches of 64: 8 optimizer steps per epoch, 2 epochs, a checkpoint every 4 steps; bf16, channels_last,
+# erasing and EMA all on
 SMALL = ["data.limit_train=512", "data.limit_eval=200", "data.batch_size=64", "schedule.epochs=2",
-         "data.augment.random_erasing=0.5", "train.ema_decay=0.99", "train.threads=1"]
+         "data.augment.random_erasing=0.5", "train.ema_decay=0.99", "train.threads=1", "train.checkpoint_every=4"]
 
 
-def train_cli(out: Path, *overrides: str, kill_at: int | None = None, nproc: int = 0, kill_rank: int | None = None,
+def train_cli(out: Path, *overrides: str, kill_at: int | str | None = None, nproc: int = 0, kill_rank: int | None = None,
               extra_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`reprocls train` in its own process, run inside `out` with output_dir=runs: two runs in two folders then carry
+    the same recipe in their weights' metadata, so their model.safetensors files can be compared byte for byte.
+    kill_at: an optimizer step, or a named moment ("test": the final test pass)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     env.pop("REPROCLS_FAULT_KILL_AT_STEP", None)
-    if kill_at is not None:
+    env.pop("REPROCLS_FAULT_KILL_AT", None)
+    if isinstance(kill_at, int):
         env["REPROCLS_FAULT_KILL_AT_STEP"] = str(kill_at)
+    elif kill_at is not None:
+        env["REPROCLS_FAULT_KILL_AT"] = kill_at
     if kill_rank is not None:
         env["REPROCLS_FAULT_KILL_RANK"] = str(kill_rank)
     launcher = [sys.executable, "-m", "reprocls"]
     if nproc:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                     "--max-restarts=1", "-m", "reprocls"]
-    command = launcher + ["train", "-q", *extra_args, str(REPO / "configs/quickstart.yaml"), f"output_dir={out}", *overrides]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    out.mkdir(parents=True, exist_ok=True)
+    command = launcher + ["train", "-q", *extra_args, str(REPO / "configs/quickstart.yaml"), "output_dir=runs", *overrides]
+    return subprocess.run(command, env=env, cwd=out, capture_output=True, text=True, timeout=600)
 
 
 def only_run(out: Path) -> Path:
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in (out / "runs").iterdir() if p.is_dir()]
     return run_dir
 
 
 def same_bytes(a: Path, b: Path) -> bool:
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    """The two runs' model.safetensors are the same file, byte for byte (what `cmp` checks)."""
+    return filecmp.cmp(a / "model.safetensors", b / "model.safetensors", shallow=False)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +72,11 @@ def uninterrupted(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at, every, resumes_from", [(6, 4, "step-000000004"),     # mid-epoch, between checkpoints
-                                                          (9, None, "step-000000008")])  # past the epoch-1 boundary (8 steps)
+@pytest.mark.parametrize("kill_at, resumes_from", [(6, "step-000000004"),   # mid-epoch, between checkpoints
+                                                   (9, "step-000000008")])  # past the epoch-1 boundary (8 steps)
 def test_sigkill_then_resume_gives_byte_identical_weights(uninterrupted: Path, fmnist_root: Path, tmp_path: Path,
-                                                          kill_at: int, every: int | None, resumes_from: str) -> None:
-    overrides = [f"data.root={fmnist_root}", *SMALL] + ([f"train.checkpoint_every={every}"] if every else [])
+                                                          kill_at: int, resumes_from: str) -> None:
+    overrides = [f"data.root={fmnist_root}", *SMALL]
     killed = train_cli(tmp_path, *overrides, kill_at=kill_at)
     assert killed.returncode == -9, killed.stderr[-2000:]  # really SIGKILLed, nothing flushed or cleaned up
     assert not (only_run(tmp_path) / "results.json").exists()
@@ -82,6 +91,50 @@ def test_sigkill_then_resume_gives_byte_identical_weights(uninterrupted: Path, f
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     reference = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in lines] == [r["train_loss"] for r in reference]  # no duplicated or lost epochs
+
+
+@pytest.mark.slow
+def test_a_kill_before_the_first_checkpoint_is_trained_afresh_in_the_same_folder(uninterrupted: Path, fmnist_root: Path,
+                                                                                 tmp_path: Path) -> None:
+    overrides = [f"data.root={fmnist_root}", *SMALL]
+    killed = train_cli(tmp_path, *overrides, kill_at=3)  # the first checkpoint comes at step 4
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    started = only_run(tmp_path)
+    assert not (started / "checkpoints").exists()
+    resumed = train_cli(tmp_path, *overrides, extra_args=("--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stopped before its first checkpoint" in resumed.stdout
+    assert only_run(tmp_path) == started  # reused: no second run folder
+    assert same_bytes(started, uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_kill_in_the_final_test_pass_redoes_only_that_pass(uninterrupted: Path, fmnist_root: Path,
+                                                             tmp_path: Path) -> None:
+    overrides = [f"data.root={fmnist_root}", *SMALL]
+    killed = train_cli(tmp_path, *overrides, kill_at="test")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = train_cli(tmp_path, *overrides, extra_args=("--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_dir = only_run(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    expected = json.loads((uninterrupted / "results.json").read_text())
+    assert results["resumed_from"] == "step-000000016"  # the last epoch's checkpoint: no step trained again
+    assert results["val"] is not None and results["val"]["top1"] == expected["val"]["top1"]
+    assert results["ema"] == expected["ema"] and results["ema"]["chosen_by"] == "val top-1"
+    assert results["test"]["top1"] == expected["test"]["top1"]
+    assert same_bytes(run_dir, uninterrupted)
+
+
+def test_a_finished_run_is_reported_and_left_alone(uninterrupted: Path, fmnist_root: Path, tmp_path: Path) -> None:
+    shutil.copytree(uninterrupted, tmp_path / "runs" / uninterrupted.name)
+    run_dir = tmp_path / "runs" / uninterrupted.name
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    again = train_cli(tmp_path, f"data.root={fmnist_root}", *SMALL, extra_args=("--resume", "auto"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "is finished" in again.stdout and "resuming" not in again.stdout
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    assert after == before and only_run(tmp_path) == run_dir
 
 
 @pytest.mark.slow
@@ -110,11 +163,11 @@ def test_resume_refuses_a_changed_experiment_but_allows_harmless_keys() -> None:
 def test_file_backed_runs_resume_byte_identical_whatever_the_workers(fmnist_folder: Path, tmp_path: Path) -> None:
     common = [f"data.root={fmnist_folder}", "data.name=image_folder", "data.image_size=28", "data.batch_size=16",
               "schedule.epochs=2", "data.augment.policy=trivialaugment", "train.checkpoint_every=2", "train.threads=1"]
-    clean = train_cli(tmp_path / "clean", *common, "data.workers=0")
+    clean = train_cli(tmp_path / "clean", *common, "data.workers=0")  # the resumed run's value: the same metadata
     assert clean.returncode == 0, clean.stderr[-3000:]
     killed = train_cli(tmp_path / "killed", *common, "data.workers=2", kill_at=5)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    resumed = train_cli(tmp_path / "killed", *common, "data.workers=1", extra_args=("--resume", "auto"))
+    resumed = train_cli(tmp_path / "killed", *common, "data.workers=0", extra_args=("--resume", "auto"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((only_run(tmp_path / "killed") / "results.json").read_text())["resumed_from"] == "step-000000004"
     assert same_bytes(only_run(tmp_path / "killed"), only_run(tmp_path / "clean"))
@@ -140,7 +193,7 @@ def test_resume_of_another_recipe_names_the_differing_keys(fmnist_root: Path, tm
 
 def make_checkpoints(folder: Path, steps: list[int]) -> None:
     for step in steps:
-        write_checkpoint(folder, step, {"w": torch.full((4,), float(step))}, {"state": {"step": step}}, {"note": "t"})
+        write_checkpoint(folder, step, {"w": torch.full((4,), float(step))}, {"state": {"step": step}}, {"epoch": 0, "config": {}})
 
 
 def test_newest_is_chosen_by_step_not_by_name(tmp_path: Path) -> None:
@@ -219,7 +272,7 @@ def test_training_state_is_loaded_with_weights_only(tmp_path: Path) -> None:
     model(torch.randn(2, 3)).sum().backward()
     optimizer.step()
     state = {"optimizer": optimizer.state_dict(), "rng": ckpt.rng_states(), "state": TrainState(step=3).to_dict()}
-    write_checkpoint(tmp_path, 3, dict(model.state_dict()), state, {})
+    write_checkpoint(tmp_path, 3, dict(model.state_dict()), state, {"epoch": 0, "config": {}})
     _, loaded, _ = load_checkpoint(tmp_path / "step-000000003")
     ckpt.restore_rng_states(loaded["rng"])
     assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])

@@ -19,9 +19,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             os.fsync(handle.fileno())
         temporary.replace(path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        discard(temporary)
         raise
     return path
+
+
+def discard(temporary: Path) -> None:
+    """Remove a temporary file after a failed write; a folder that refuses even that must not hide the first error."""
+    try:
+        temporary.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> Path:
@@ -62,6 +70,6 @@ def write_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[
         os.chmod(temporary, readable_mode())
         temporary.replace(path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        discard(temporary)
         raise
     return path

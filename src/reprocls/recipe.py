@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from reprocls.config import ConfigError, RunConfig, registry_keys, get_key, to_dict
+from reprocls.config import ConfigError, RunConfig, get_key, registry_keys, short, to_dict
 from reprocls.data import DATASETS, load_dataset
 from reprocls.data.augment import POLICIES
 from reprocls.data.datasets import DatasetSplits
@@ -111,8 +111,15 @@ def check_names(config: RunConfig) -> None:
             continue  # timm/<name> or torchvision/<name>: that library checks the name
         choices = members(kind)
         if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of the registered {kind}s ({', '.join(choices)})."
-                              f"{suggest(value, choices)}")
+            raise ConfigError(f"{key}: {short(value)} is not one of the registered {kind}s ({', '.join(choices)})."
+                              f"{suggest(value[:60], choices)}")
+    if config.train.compile:
+        from torch._dynamo import list_backends
+
+        backends = sorted(set(list_backends()) | {"inductor", "aot_eager", "eager"})
+        if config.train.compile_backend not in backends:
+            raise ConfigError(f"train.compile_backend: {short(config.train.compile_backend)} is not a torch.compile "
+                              f"backend ({', '.join(backends)}).{suggest(config.train.compile_backend[:60], backends)}")
 
 
 def model_kwargs(config: RunConfig, shape: DataShape) -> dict[str, Any]:
@@ -140,11 +147,13 @@ def build_model(config: RunConfig, shape: DataShape, *, meta: bool = False) -> n
             except (RuntimeError, NotImplementedError):  # an initialiser without a meta kernel: build it for real
                 return create_model(name, **kwargs)
         model = create_model(name, weights=config.model.weights, **kwargs)
+    except ConfigError:
+        raise
     except TypeError as error:
-        raise ConfigError(f"model.kwargs: {name} rejected {kwargs}: {error}") from None
+        raise ConfigError(f"model.kwargs: {name} rejected {short(kwargs)}: {short(str(error))}") from None
     except ValueError as error:
         if not meta:
-            raise
+            raise ConfigError(f"model.kwargs: {name} cannot be built with {short(kwargs)}: {short(str(error))}") from None
         raise ConfigError(f"model.name: {name} cannot be built for {shape.image_size} px inputs ({error}); set "
                           "data.image_size to a size it accepts, or pick a small-image variant") from None
     warn_if_input_too_small(model, shape.image_size)

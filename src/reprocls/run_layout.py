@@ -4,8 +4,13 @@ a folder."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 # A run folder: <output_dir>/<name>-<UTC stamp>/
 CONFIG = "config.yaml"  # the resolved recipe
@@ -23,6 +28,8 @@ CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
 MISTAKES_JSON = "mistakes.json"
 MISTAKES_PNG = "mistakes.png"
+LOCK = ".lock"  # held (flock) by the one process writing the folder; it holds that process's pid
+TEMPORARY_CHECKPOINT = ".tmp-step-"  # a checkpoint being written: left behind only by a killed write
 RUN_FILES = (RESULTS, CONFIG, ENVIRONMENT)  # what a finished run folder must hold to be compared or reported
 
 # A study folder (reprocls tune): <output_dir>/<study>-study/
@@ -71,6 +78,17 @@ def is_run(folder: Path) -> bool:
     return (folder / RESULTS).exists()
 
 
+def read_config(folder: Path) -> dict | None:
+    """The resolved recipe a run folder saved (config.yaml), or None when it has none readable."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((Path(folder) / CONFIG).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
 def is_study(folder: Path) -> bool:
     """A study folder, finished or not (study.db alone: a running or killed search)."""
     return (folder / STUDY_JSON).exists() or (folder / STUDY_DB).exists()
@@ -79,3 +97,80 @@ def is_study(folder: Path) -> bool:
 def is_reproduction(folder: Path) -> bool:
     """A reproduction folder with its plan written."""
     return (folder / REPRODUCTION_JSON).exists()
+
+
+class FolderBusy(RuntimeError):
+    """Another live process holds the folder's lock; the message names it and what to do."""
+
+
+class FolderLock:
+    """An exclusive lock on a run folder (flock on <folder>/.lock), held while one process writes it: a second trainer
+    is refused at once, and the lock goes away with its process, however that process ends."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.handle: IO[str] | None = open(self.folder / LOCK, "a+")
+        try:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            self.handle = None
+            raise FolderBusy(f"{self.folder} is being written by another reprocls process (pid {holder}); wait for it to "
+                             "finish or stop it, or train into a new run folder") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the descriptor releases the flock
+            self.handle = None
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether a live process holds the folder's lock right now (probes without taking it for long)."""
+    try:
+        with open(Path(folder) / LOCK, "rb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a writer holds LOCK_EX
+    except BlockingIOError:
+        return True
+    except OSError:  # no lock file (never locked), or one this user cannot open
+        return False
+    return False
+
+
+def runs_named(parent: str | Path, name: str) -> list[Path]:
+    """The run folders of exactly this name (<name>-<stamp> or <name>-<stamp>-<k>), newest first by their stamp: a
+    run called "kr" never picks up "kr-lr03"'s folders."""
+    pattern = re.compile(rf"{re.escape(name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?")
+    found = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    for path in parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append(((match.group(1), int(match.group(2) or 0)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def remove_temporary_checkpoints(run_dir: Path) -> list[str]:
+    """Delete the half-written checkpoint folders a killed write left in <run>/checkpoints/; call under the lock."""
+    folder = Path(run_dir) / CHECKPOINTS
+    removed = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.startswith(TEMPORARY_CHECKPOINT):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+    return removed
+
+
+def started_only(run_dir: Path) -> bool:
+    """A run folder killed before its first checkpoint: it has no results and no checkpoint folder at all."""
+    checkpoints = Path(run_dir) / CHECKPOINTS
+    finished_steps = [p for p in checkpoints.iterdir() if p.name.startswith("step-")] if checkpoints.is_dir() else []
+    return not is_run(run_dir) and not finished_steps

@@ -10,6 +10,7 @@ from reprocls.cli.parser import build_parser
 from reprocls.config import ConfigError
 from reprocls.engine.checkpoint import CheckpointError
 from reprocls.extras import MissingExtra, install_hint
+from reprocls.run_layout import FolderBusy
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -17,6 +18,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    loose = [item for item in stray if not item.startswith("-") and hasattr(args, "overrides")]
+    if loose:  # `optim.lr` without a value: say what an override looks like, in one line
+        print(f"reprocls: error: {loose[0][:100]!r} is neither an option nor a key=value override; write it as "
+              f"{loose[0][:100].split('=')[0]}=<value>, e.g. optim.lr=0.05", file=sys.stderr)
+        raise SystemExit(2)
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
@@ -40,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"reprocls: error: {hint}", file=sys.stderr)
         return 2
-    except (CheckpointError, FloatingPointError) as error:
+    except (CheckpointError, FloatingPointError, FolderBusy) as error:
         print(f"reprocls: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a disk, permission or device problem outside the run's own writes
+        print(f"reprocls: error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("reprocls: interrupted", file=sys.stderr)

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors import safe_open
 from torch import nn
 from torchvision.transforms import v2
 
@@ -25,7 +24,8 @@ from reprocls._version import __version__
 from reprocls.files import atomic_write_text, write_safetensors
 from reprocls.data.images import to_mode
 from reprocls.data.transforms import EVAL_CROP_RATIO, eval_transform, resolve_preset
-from reprocls.models import MODELS, create_model, load_weights
+from reprocls.config import ConfigError
+from reprocls.models import MODELS, create_model, load_safetensors, load_weights, safetensors_metadata
 
 SIDECAR_SUFFIX = ".json"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"  # ONNX graph names a user sees in onnxruntime and Netron
@@ -41,12 +41,15 @@ class ExportMismatchError(ValueError):
 def deployment_metadata(weights_metadata: Mapping[str, str]) -> dict[str, Any]:
     """What a deployed model needs, from the string metadata of a run's model.safetensors (or of an export)."""
     if "reprocls" not in weights_metadata:
-        raise ValueError("these weights carry no 'reprocls' metadata: not written by a reprocls run or export")
-    info = json.loads(weights_metadata["reprocls"])
-    missing = [key for key in REQUIRED if key not in info]
-    if missing:
-        raise ValueError(f"the weights' 'reprocls' metadata lacks {missing}; re-save the model with a current reprocls")
-    config = json.loads(weights_metadata.get("config") or "{}")
+        raise ConfigError("these weights carry no 'reprocls' metadata: not written by a reprocls run or export")
+    try:
+        info = json.loads(weights_metadata["reprocls"])
+        config = json.loads(weights_metadata.get("config") or "{}")
+    except ValueError:
+        raise ConfigError("the weights' 'reprocls' metadata is not valid JSON: the file is damaged") from None
+    missing = [key for key in REQUIRED if not isinstance(info, dict) or key not in info]
+    if missing or not isinstance(config, dict):
+        raise ConfigError(f"the weights' 'reprocls' metadata lacks {missing}; re-save the model with a current reprocls")
     name = info["model"]
     kwargs = dict(info.get("model_kwargs") or {})
     if "/" not in name and name in MODELS and "img_size" in inspect.signature(MODELS.get(name)).parameters:
@@ -255,18 +258,15 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if sidecar.exists():
         metadata = json.loads(sidecar.read_text())
     else:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = deployment_metadata(handle.metadata() or {})
+        metadata = deployment_metadata(safetensors_metadata(path))
     if path.suffix == ".pt2":  # an INT8 compressed model: the program, with its metadata beside it
         return ProgramModule(load_program(path)), metadata
     kwargs = dict(num_classes=metadata["num_classes"], in_chans=metadata["in_chans"], **metadata.get("model_kwargs", {}))
     compressed = metadata.get("compressed") or {}
     if compressed.get("prune") == "structured":  # narrower layers: widths from the tensors
-        from safetensors.torch import load_file
-
         from reprocls.compress.prune import rebuild_pruned
 
-        model = rebuild_pruned(metadata["model"], load_file(str(path)), **kwargs).eval()
+        model = rebuild_pruned(metadata["model"], load_safetensors(path), **kwargs).eval()
         if compressed.get("quantize") == "dynamic":
             from reprocls.compress.quantize import quantize_dynamic_int8
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -15,11 +17,45 @@ from typing import Any, Callable, Literal, Union, get_args, get_origin
 import yaml
 
 from reprocls.config.schema import RunConfig
+from reprocls.config.yaml_io import FLOAT, YamlProblem, load_yaml
 from reprocls.registry import suggest
 
 
 class ConfigError(ValueError):
     """A recipe key or value that cannot be used; the message names the key path and a fix."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 8, 8, 3
+
+
+def short(value: Any) -> str:
+    """A value as an error message may print it: bounded, so a huge or nested value cannot flood the terminal."""
+    return _SHORT.repr(value)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """A recipe-shaped YAML document (strict: see yaml_io), or a one-line ConfigError naming `source`."""
+    try:
+        return load_yaml(text)
+    except YamlProblem as problem:
+        raise ConfigError(f"{source}: {problem}") from None
+    except yaml.YAMLError as error:
+        first = " ".join(str(error).split())
+        raise ConfigError(f"{source} is not valid YAML ({first[:300]})") from None
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """A recipe, plan or space file read strictly; a folder, a binary or unreadable file is one ConfigError line."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; pass a YAML file (`reprocls recipes` lists the shipped ones)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a text file; pass a YAML file") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be read ({error.strerror or error})") from None
+    return parse_yaml(text, f"{what} {path}")
 
 
 def _resolve_hints(cls: type) -> dict[str, Any]:
@@ -49,32 +85,38 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if isinstance(value, bool) and "yes" in choices:  # YAML reads yes/no as booleans
             value = "yes" if value else "no"
         if value not in choices:
-            raise ConfigError(f"{path}: {value!r} is not one of {choices}.{suggest(str(value), [str(c) for c in choices])}")
+            raise ConfigError(f"{path}: {short(value)} is not one of {choices}.{suggest(str(value)[:60], [str(c) for c in choices])}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {short(value)}")
         (item,) = get_args(hint)
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping, got {short(value)}")
         return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+            raise ConfigError(f"{path}: expected true or false, got {short(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {short(value)}")
+        if abs(value) > 2**62:
+            raise ConfigError(f"{path}: {short(value)} is far too large")
         return value
     if hint is float:
+        if isinstance(value, str) and FLOAT.match(value.strip()):  # 1e-3 written where YAML 1.1 sees a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+            raise ConfigError(f"{path}: expected a number, got {short(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: {value} is not a finite number; give an ordinary number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+            raise ConfigError(f"{path}: expected a string, got {short(value)}")
         return value
     return value
 
@@ -82,18 +124,19 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
 def build(cls: type, raw: Any, path: str = "") -> Any:
     """Turn a nested mapping into the dataclass `cls`, rejecting unknown keys and bad values by path."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'recipe'}: expected a mapping of keys, got {raw!r}")
+        raise ConfigError(f"{path or 'recipe'}: expected a mapping of keys, got {short(raw)}")
     hints = _resolve_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in raw.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise ConfigError(f"unknown key {key_path!r}.{suggest(str(key), list(fields))} Valid keys here: {', '.join(fields)}")
+            raise ConfigError(f"unknown key {short(key_path)}.{suggest(str(key)[:60], list(fields))} Valid keys here: {', '.join(fields)}")
         value = _coerce(value, hints[key], key_path)
         check = fields[key].metadata.get("check")
         if check is not None and value is not None and not check(value):
-            raise ConfigError(f"{key_path}: {value!r} is out of range; it must be {fields[key].metadata['rule']}")
+            what = "is not valid" if isinstance(value, str) else "is out of range"
+            raise ConfigError(f"{key_path}: {short(value)} {what}; it must be {fields[key].metadata['rule']}")
         values[key] = value
     return cls(**values)
 
@@ -103,11 +146,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like key.sub=value, e.g. optim.lr=0.05")
+    keys = key.strip().split(".")
+    if any(not part for part in keys):
+        raise ConfigError(f"override {short(text)}: {short(key)} is not a dotted key like optim.lr")
     try:
-        return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+        return keys, load_yaml(value) if value.strip() else None
+    except YamlProblem as problem:
+        raise ConfigError(f"override {short(text)}: {problem}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(error).splitlines()[0]}); quote the whole "
-                          "override for the shell, e.g. 'model.kwargs={dropout: 0.3}'") from None
+        raise ConfigError(f"override {short(text)}: the value is not valid YAML ({str(error).splitlines()[0]}); quote the "
+                          "whole override for the shell, e.g. 'model.kwargs={dropout: 0.3}'") from None
 
 
 def set_key(raw: dict[str, Any], keys: list[str], value: Any, *, source: str = "") -> None:
@@ -177,10 +225,12 @@ def read_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     raw: dict[str, Any] = {}
     if path is not None:
         path = find_config(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"recipe {path} is not valid YAML: {error}") from None
+        raw = read_yaml_file(path, "recipe")
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"recipe {path}: expected a mapping of keys (model:, data:, ...), got {type(raw).__name__} "
+                              f"{short(raw)}")
     return apply_overrides(raw, list(overrides))
 
 
@@ -238,6 +288,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 def validate(config: RunConfig) -> None:
     """Checks that span several keys, and of the keys that take one of several types."""
+    output = Path(config.output_dir).expanduser()  # "~/runs" means the home folder, not a folder named "~"
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output_dir: {config.output_dir} is a file, not a folder; name a folder for the run folders")
+    config.output_dir = str(output)
     freeze = config.model.freeze
     if not (freeze in ("none", "backbone") or (isinstance(freeze, int) and not isinstance(freeze, bool) and freeze >= 0)):
         raise ConfigError(f"model.freeze: {freeze!r} must be none, backbone, or a number of stages (0, 1, 2, ...)")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
+
+MAX_PROCESSES = 4 * (os.cpu_count() or 1)  # workers or threads beyond this only make the machine thrash
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a run name is one folder name, never a path
 
 
 def opt(default: Any, help: str, *, check: Callable[[Any], bool] | None = None, rule: str = "",
@@ -26,7 +31,8 @@ fraction = dict(check=lambda v: 0 <= v < 1, rule="in [0, 1)")
 class ModelConfig:
     name: str = opt("resnet20", "registered model name (`reprocls models` lists them) or timm/<name>, torchvision/<name>",
                     members="model")
-    in_chans: int | None = opt(None, "input channels; null takes the dataset's (1 for the MNIST family, 3 for CIFAR)")
+    in_chans: int | None = opt(None, "input channels; null takes the dataset's (1 for the MNIST family, 3 for CIFAR)",
+                               check=lambda v: 1 <= v <= 64, rule="in [1, 64]")
     kwargs: dict[str, Any] = opt({}, "extra keyword arguments for the model builder, e.g. {dropout: 0.3}")
     weights: str | None = opt(None, "weights to start from: a torchvision/timm state dict (.pth/.pt, .safetensors) or a "
                               "reprocls run folder; a classifier of another class count is re-initialised, a first "
@@ -39,19 +45,23 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    crop_padding: int = opt(4, "small-image preset: zero-pad by this many pixels, then random-crop back (0: off)", **non_negative)
+    crop_padding: int = opt(4, "small-image preset: zero-pad by this many pixels, then random-crop back (0: off)",
+                            check=lambda v: 0 <= v <= 64, rule="in [0, 64]")
     hflip: bool = opt(True, "random horizontal flip with probability 0.5")
     random_erasing: float = opt(0.0, "probability of erasing a random rectangle (Zhong et al. 2020; 0.5 in the paper)", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
-    rrc_scale: list[float] = opt([0.08, 1.0], "imagenet preset: RandomResizedCrop area range (Szegedy et al. 2015)")
+    rrc_scale: list[float] = opt([0.08, 1.0], "imagenet preset: RandomResizedCrop area range (Szegedy et al. 2015)",
+                                 check=lambda v: all(0 < x <= 1 for x in v), rule="[low, high] with both in (0, 1]")
     color_jitter: float = opt(0.4, "imagenet preset: brightness/contrast/saturation jitter strength (0: off)", **non_negative)
     policy: str = opt("none", "per-image policy from transforms.v2, or none", members="augment policy")
-    randaugment_ops: int = opt(2, "randaugment: operations per image (N in Cubuk et al. 2020)", **positive)
+    randaugment_ops: int = opt(2, "randaugment: operations per image (N in Cubuk et al. 2020)",
+                               check=lambda v: 1 <= v <= 16, rule="in [1, 16]")
     randaugment_magnitude: int = opt(9, "randaugment: magnitude of every operation, 0-30 (M in the paper)", check=lambda v: 0 <= v <= 30, rule="in [0, 30]")
     autoaugment_policy: Literal["imagenet", "cifar10", "svhn"] = opt("imagenet", "autoaugment: which learned policy (Cubuk et al. 2019)")
     mixup_alpha: float = opt(0.0, "MixUp Beta(alpha, alpha) mixing of image pairs with soft targets (Zhang et al. 2018; 0: off)", **non_negative)
     cutmix_alpha: float = opt(0.0, "CutMix box mixing with soft targets (Yun et al. 2019; 0: off); with mixup, one is picked per batch", **non_negative)
     mix_prob: float = opt(1.0, "share of training batches that get MixUp/CutMix", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
-    repeats: int = opt(1, "repeated augmentation: each image appears this many times per batch-ordered epoch (Hoffer et al. 2020; 1: off)", **positive)
+    repeats: int = opt(1, "repeated augmentation: each image appears this many times per batch-ordered epoch (Hoffer et al. 2020; 1: off)",
+                       check=lambda v: 1 <= v <= 16, rule="in [1, 16]")
 
 
 @dataclass
@@ -60,9 +70,11 @@ class DataConfig:
     root: str | None = opt(None, "where the data lives; null looks in $REPROCLS_DATA, then ./.data (and /usr/share/datasets)")
     download: bool = opt(False, "download a standard dataset when it is missing (needs a network)")
     val_fraction: float = opt(0.1, "share of the training set held out for validation, stratified and seeded (0: none)", **fraction)
-    split: list[float] = opt([0.7, 0.2, 0.1], "image_folder: train/val/test ratios of the stratified split")
+    split: list[float] = opt([0.7, 0.2, 0.1], "image_folder: train/val/test ratios of the stratified split",
+                             check=lambda v: all(0 <= x <= 1 for x in v), rule="three ratios, each in [0, 1]")
     split_file: str | None = opt(None, "image_folder: reuse the splits.json of an earlier run instead of computing one")
-    split_seed: int | None = opt(None, "seed of the train/val/test split and of limit_* subsets; null: follow `seed`")
+    split_seed: int | None = opt(None, "seed of the train/val/test split and of limit_* subsets; null: follow `seed`",
+                                 check=lambda v: 0 <= v < 2**31, rule="in [0, 2^31)")
     on_bad_image: Literal["error", "skip"] = opt("error", "image_folder: undecodable files (corrupt, truncated, bombs) stop the run before training (error) or are left out and listed (skip)")
     verify_images: Literal["decode", "header"] = opt("decode", "image_folder: decode every file once before training "
                                                      "(the result is cached by path, size and mtime, so later runs start "
@@ -81,26 +93,33 @@ class DataConfig:
                                                  "balanced (classes drawn equally often, with replacement)")
     preset: Literal["auto", "small", "imagenet", "none"] = opt("auto", "train augmentation preset; auto: small for <= 64 px, else imagenet")
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "augmentation settings of the presets"})
-    mean: list[float] | None = opt(None, "per-channel normalisation mean; null takes the dataset's known constants")
-    std: list[float] | None = opt(None, "per-channel normalisation std; null takes the dataset's known constants")
+    mean: list[float] | None = opt(None, "per-channel normalisation mean; null takes the dataset's known constants",
+                                   check=lambda v: 1 <= len(v) <= 64, rule="one number per channel (1 to 64)")
+    std: list[float] | None = opt(None, "per-channel normalisation std; null takes the dataset's known constants",
+                                  check=lambda v: 1 <= len(v) <= 64, rule="one number per channel (1 to 64)")
     in_memory: Literal["auto", "yes", "no"] = opt("auto", "hold images as uint8 tensors and augment whole batches on the device")
-    batch_size: int = opt(128, "training images per optimizer step and process (effective batch: this x processes)", **positive)
-    eval_batch_size: int = opt(512, "images per evaluation step", **positive)
-    workers: int = opt(2, "DataLoader worker processes for file-backed datasets", **non_negative)
-    limit_train: int | None = opt(None, "use only the first N (stratified) training images: quick experiments and tests")
+    batch_size: int = opt(128, "training images per optimizer step and process (effective batch: this x processes)",
+                          check=lambda v: 1 <= v <= 65536, rule="in [1, 65536]")
+    eval_batch_size: int = opt(512, "images per evaluation step", check=lambda v: 1 <= v <= 65536, rule="in [1, 65536]")
+    workers: int = opt(2, "DataLoader worker processes for file-backed datasets",
+                       check=lambda v: 0 <= v <= MAX_PROCESSES, rule=f"in [0, {MAX_PROCESSES}] (4 per core of this machine)")
+    limit_train: int | None = opt(None, "use only the first N (stratified) training images: quick experiments and tests",
+                                  **positive)
     limit_eval: int | None = opt(None, "use only N (stratified) validation and N test images: quick experiments and tests", **positive)
 
 
 @dataclass
 class OptimConfig:
     name: str = opt("sgd", "optimizer", members="optimizer")
-    lr: float = opt(0.1, "peak learning rate, for a batch of lr_reference_batch images", **positive)
+    lr: float = opt(0.1, "peak learning rate, for a batch of lr_reference_batch images", check=lambda v: 0 < v <= 1000,
+                    rule="in (0, 1000]")
     lr_reference_batch: int | None = opt(None, "batch size `lr` was tuned for; the actual lr is rescaled to the real batch", **positive)
     lr_scaling: Literal["linear", "sqrt"] = opt("linear", "rule for rescaling lr to the batch (Goyal et al. 2017: linear)")
     momentum: float = opt(0.9, "SGD momentum", **fraction)
     nesterov: bool = opt(False, "SGD with Nesterov momentum")
-    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
-    weight_decay: float = opt(5e-4, "L2 / decoupled weight decay", **non_negative)
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas", check=lambda v: all(0 <= x < 1 for x in v),
+                             rule="two numbers, each in [0, 1)")
+    weight_decay: float = opt(5e-4, "L2 / decoupled weight decay", check=lambda v: 0 <= v <= 10, rule="in [0, 10]")
     decay_norm_and_bias: bool = opt(False, "also decay norm weights and biases (most papers do not)")
     head_lr_factor: float = opt(1.0, "the classifier's lr as a multiple of optim.lr (fine-tuning: often 10)", **positive)
     layer_decay: float | None = opt(None, "layer-wise lr decay: stage i of S trains at lr x layer_decay^(S - i), the "
@@ -110,12 +129,13 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = opt("cosine", "lr schedule, stepped every optimizer step", members="schedule")
-    epochs: int = opt(30, "training epochs", **positive)
+    epochs: int = opt(30, "training epochs", check=lambda v: 1 <= v <= 100_000, rule="in [1, 100000]")
     warmup_epochs: float = opt(0.0, "linear warmup length in epochs (may be fractional), before the main schedule", **non_negative)
     warmup_start_factor: float = opt(0.1, "lr at the start of warmup, as a fraction of the peak", check=lambda v: 0 < v <= 1, rule="in (0, 1]")
     min_lr_factor: float = opt(0.0, "cosine/sgdr: final lr as a fraction of the peak", **fraction)
     step_epochs: int = opt(30, "step: decay every this many epochs", **positive)
-    milestones: list[int] = opt([], "multistep: epochs at which lr is multiplied by gamma")
+    milestones: list[int] = opt([], "multistep: epochs at which lr is multiplied by gamma",
+                                check=lambda v: all(x > 0 for x in v), rule="positive epoch numbers")
     gamma: float = opt(0.1, "step/multistep: lr multiplier at each decay", **positive)
     restart_epochs: int = opt(10, "sgdr: length of the first cosine cycle in epochs (Loshchilov & Hutter 2017)", **positive)
     restart_mult: int = opt(2, "sgdr: each cycle is this many times longer than the previous", **positive)
@@ -138,7 +158,8 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model (slower than eager on this 2-core CPU; try it on GPUs)")
     compile_backend: str = opt("inductor", "torch.compile backend (inductor, aot_eager, eager)")
     sync_batchnorm: bool = opt(False, "distributed on GPUs: BatchNorm statistics over all processes' images (SyncBatchNorm)")
-    threads: int | None = opt(None, "CPU threads for torch; null leaves torch's default", **positive)
+    threads: int | None = opt(None, "CPU threads for torch; null leaves torch's default",
+                              check=lambda v: 1 <= v <= MAX_PROCESSES, rule=f"in [1, {MAX_PROCESSES}] (4 per core of this machine)")
     eval_every: int = opt(1, "evaluate on the validation split every N epochs (and always after the last)", **positive)
     checkpoint_every: int | None = opt(None, "also write a resumable checkpoint every N optimizer steps (always at each epoch end)", **positive)
     keep_checkpoints: int = opt(2, "newest checkpoints kept in <run>/checkpoints, plus the best by validation top-1", **positive)
@@ -159,7 +180,8 @@ class EvalConfig:
 class ReferenceConfig:
     source: str = opt("", "where the reported number comes from (paper, table, benchmark)")
     top1: float = opt(0.0, "reported test top-1 accuracy as a fraction (0.949 for 94.9 %)", check=lambda v: 0 <= v <= 1, rule="in [0, 1]")
-    tolerance: float = opt(0.005, "gap to the reported top-1 still counted as reproduced", **non_negative)
+    tolerance: float = opt(0.005, "gap to the reported top-1 still counted as reproduced, as a fraction (0.005: half "
+                           "a point)", check=lambda v: 0 <= v <= 0.1, rule="in [0, 0.1] (at most 10 points)")
     batch_size: int | None = opt(None, "the paper's effective batch (all devices); the doctor checks lr scaling against it", **positive)
     epochs: int | None = opt(None, "the paper's training length in epochs; the doctor flags shorter schedules", **positive)
     norm_weight_decay: bool | None = opt(None, "whether the paper decays norm weights and biases (null: not stated)")
@@ -167,9 +189,12 @@ class ReferenceConfig:
 
 @dataclass
 class RunConfig:
-    name: str | None = opt(None, "run name; null takes the recipe's file name")
+    name: str | None = opt(None, "run name (letters, digits, . _ -); null takes the recipe's file name",
+                           check=lambda v: NAME.fullmatch(v) is not None,
+                           rule="letters, digits, '.', '_' or '-', starting with a letter or digit, at most 100 characters")
     output_dir: str = opt("runs", "folder that receives runs/<name>-<timestamp>/")
-    seed: int = opt(0, "seeds Python, NumPy and torch; the same seed gives the same metrics on CPU")
+    seed: int = opt(0, "seeds Python, NumPy and torch; the same seed gives the same metrics on CPU",
+                    check=lambda v: 0 <= v < 2**31, rule="in [0, 2^31)")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the architecture"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset, splits, preprocessing and loading"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and weight decay"})

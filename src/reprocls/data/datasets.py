@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from reprocls.config import ConfigError, DataConfig
-from reprocls.data.splits import carve_validation, stratified_subset
+from reprocls.data.splits import carve_validation, check_limits, stratified_subset
 from reprocls.data.transforms import Preprocessing
 from reprocls.registry import Registry
 
@@ -129,6 +129,7 @@ def _finish(name: str, data: DataConfig, seed: int, train: TensorSplit, test: Te
     train_idx, val_idx = carve_validation(train.labels.numpy(), data.val_fraction, seed)
     val = train.subset(val_idx) if len(val_idx) else None
     train = train.subset(train_idx)
+    check_limits(data.limit_train, data.limit_eval, len(classes))
     if data.limit_train is not None:
         train = train.subset(stratified_subset(train.labels.numpy(), data.limit_train, seed))
     if data.limit_eval is not None:

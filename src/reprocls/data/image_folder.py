@@ -14,7 +14,7 @@ from reprocls.config import ConfigError, DataConfig
 from reprocls.data.check import CATEGORIES, decode_failures
 from reprocls.data.datasets import DATASETS, IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, FileSplit
 from reprocls.data.folders import FolderScan, scan_folder
-from reprocls.data.splits import stratified_split, stratified_subset
+from reprocls.data.splits import check_limits, stratified_split, stratified_subset
 
 BAD_IMAGES_LISTED = 20
 PARTS = ("train", "val", "test")
@@ -65,11 +65,25 @@ def native_size(scan: FolderScan, paths: list[str]) -> tuple[int, str]:
 
 
 def _split_from_file(data: DataConfig, scan: FolderScan) -> tuple[list[list[tuple[str, int]]], dict]:
-    """The train/val/test lists of an earlier run's splits.json, against the folder's classes."""
-    record = json.loads(Path(data.split_file).read_text())
+    """The train/val/test lists of an earlier run's splits.json, against the folder's classes; every entry must be
+    an image of this folder (no absolute paths, no ../), so a split file can never point the run outside data.root."""
+    where = f"data.split_file: {data.split_file}"
+    try:
+        record = json.loads(Path(data.split_file).expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"{where} cannot be read as JSON ({str(error)[:120]}); pass the splits.json of an earlier run")
+    if not isinstance(record, dict) or not all(isinstance(record.get(name), list) for name in ("classes", *PARTS)):
+        raise ConfigError(f"{where} is not a splits.json: it needs lists 'classes', 'train', 'val' and 'test'")
     if record["classes"] != scan.classes:
-        raise ValueError(f"{data.split_file} was made for classes {record['classes']}, but {scan.root} has {scan.classes}")
+        raise ConfigError(f"{where} was made for classes {str(record['classes'])[:200]}, but {scan.root} has "
+                          f"{scan.classes}")
     index = {cls: i for i, cls in enumerate(scan.classes)}
+    known = {path for path, _ in scan.samples}
+    for name in PARTS:
+        for entry in record[name]:
+            if not isinstance(entry, str) or entry not in known:
+                raise ConfigError(f"{where}: {name} entry {str(entry)[:120]!r} is not an image under {scan.root} (entries "
+                                  "are <class>/<file> paths inside data.root)")
     return [[(p, index[p.split("/")[0]]) for p in record[name]] for name in PARTS], record
 
 
@@ -99,6 +113,7 @@ def image_folder(data: DataConfig, seed: int) -> DatasetSplits:
         record = {"root": str(root.resolve()), "seed": seed, "ratios": list(data.split), "classes": scan.classes}
         record.update({name: [p for p, _ in part] for name, part in zip(PARTS, parts)})
     train, val, test = (FileSplit([(str(root / p), label) for p, label in part]) for part in parts)
+    check_limits(data.limit_train, data.limit_eval, len(scan.classes))
     if data.limit_train is not None:
         train = FileSplit([train.samples[i] for i in stratified_subset(train.labels.numpy(), data.limit_train, seed)])
     if data.limit_eval is not None:

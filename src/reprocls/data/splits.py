@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from reprocls.config import ConfigError
+
 
 def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
     """Partition indices so every class is divided by `fractions`; each part is sorted."""
@@ -47,3 +49,11 @@ def stratified_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
         members = np.flatnonzero(labels == cls)
         chosen.append(members[rng.permutation(len(members))][:take])
     return np.sort(np.concatenate(chosen))
+
+
+def check_limits(limit_train: int | None, limit_eval: int | None, classes: int) -> None:
+    """A limit smaller than the number of classes cannot keep one image of each: the metrics would be meaningless."""
+    for key, limit in (("data.limit_train", limit_train), ("data.limit_eval", limit_eval)):
+        if limit is not None and limit < classes:
+            raise ConfigError(f"{key}: {limit} image(s) cannot hold one of each of the {classes} classes; give at least "
+                              f"{classes}, or null for all")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from reprocls.files import write_safetensors
@@ -67,13 +68,18 @@ def write_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], 
             shutil.rmtree(final)
         os.replace(temporary, final)
         _fsync(folder)
-    except OSError as error:
+    except (OSError, RuntimeError, SafetensorError) as error:  # a full disk inside torch.save or safetensors is no OSError
         shutil.rmtree(temporary, ignore_errors=True)
-        kept = [p.name for p in checkpoint_folders(folder)]
-        raise CheckpointError(f"could not write checkpoint {final.name} ({error.strerror or error}); earlier checkpoints "
-                              f"are untouched ({', '.join(kept) or 'none yet'}). Free space in {folder} and continue "
-                              "with --resume auto.") from error
+        reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(f"could not write checkpoint {final.name} ({reason}); earlier checkpoints are untouched "
+                              f"({intact_list(folder)}). Free space in {folder} and continue with --resume auto.") from error
     return final
+
+
+def intact_list(folder: Path) -> str:
+    """The finished checkpoints of a folder, for messages that promise they are intact."""
+    kept = sorted(p.name for p in checkpoint_folders(folder))
+    return ", ".join(kept) or "none yet"
 
 
 def checkpoint_folders(folder: Path) -> list[Path]:
@@ -92,12 +98,32 @@ def verify(path: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{manifest_path} is damaged ({error})") from None
-    for name, expected in manifest.get("files", {}).items():
+    problem = manifest_problem(manifest)
+    if problem:
+        raise CheckpointError(f"{manifest_path} is malformed: {problem}")
+    for name, expected in manifest["files"].items():
         if not (path / name).exists():
             raise CheckpointError(f"{path / name} is missing")
         if sha256(path / name) != expected:
             raise CheckpointError(f"{path / name} does not match its checksum: truncated or altered")
     return manifest
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """What makes a manifest unusable, or None: it must name both files with their digests and say its step, so a
+    tampered one can neither crash the loader nor switch the checksums off."""
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, got {type(manifest).__name__}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != {WEIGHTS, STATE} or not all(
+            isinstance(v, str) and len(v) == 64 for v in files.values()):
+        return f"'files' must give the SHA-256 of {WEIGHTS} and {STATE}"
+    for key in ("step", "epoch"):
+        if isinstance(manifest.get(key), bool) or not isinstance(manifest.get(key), int) or manifest[key] < 0:
+            return f"'{key}' must be a whole number >= 0"
+    if not isinstance(manifest.get("config"), dict):
+        return "'config' must be the recipe as a mapping"
+    return None
 
 
 def newest_valid(folder: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -131,7 +157,10 @@ def prune(folder: Path, keep: int, best_step: int | None) -> None:
     steps = []
     for path in checkpoint_folders(folder):
         try:
-            steps.append((json.loads((path / MANIFEST).read_text())["step"], path))
+            manifest = json.loads((path / MANIFEST).read_text())
+            if manifest_problem(manifest):
+                continue
+            steps.append((manifest["step"], path))
         except (OSError, ValueError, KeyError):
             continue  # damaged: left for inspection, never chosen by newest_valid
     steps.sort(reverse=True)

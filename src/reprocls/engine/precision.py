@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from reprocls.config import ConfigError
+
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtypes
 
 
@@ -14,7 +16,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=cpu or auto")
+        raise ConfigError("train.device: cuda, but torch sees no CUDA device here; use train.device=cpu or auto")
     return torch.device(name)
 
 

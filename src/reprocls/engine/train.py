@@ -245,6 +245,12 @@ def die_if_asked(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def die_at(moment: str) -> None:
+    """Fault injection for the resume tests: SIGKILL this process at a named moment (REPROCLS_FAULT_KILL_AT=test)."""
+    if os.environ.get("REPROCLS_FAULT_KILL_AT") == moment and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dtype: torch.dtype | None,
              num_classes: int, criterion: nn.Module | None = None, description: str = "eval",
@@ -333,6 +339,10 @@ def fit(trainee: Trainee, train_loader: Batches, val_loader: Iterable | None, se
             logger.log_epoch(record)
         if checkpoint is not None:
             checkpoint(state)
+    if val_loader is not None and result.val is None and state.epoch > 0:  # resumed after the last epoch's checkpoint
+        result.val = evaluate(trainee.model, val_loader, description="val (again)", **validate)
+        if trainee.ema is not None:
+            result.ema_val = evaluate(trainee.ema, val_loader, description="val (EMA, again)", **validate)
     result.train_seconds = sum(r["train_seconds"] for r in state.history)
     images = sum(r["train_images_per_s"] * r["train_seconds"] for r in state.history)
     result.images_per_s = images / max(result.train_seconds, 1e-9)

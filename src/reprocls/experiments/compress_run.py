@@ -17,7 +17,7 @@ from reprocls.analysis.profile import count_flops
 from reprocls.compress.measure import SPREAD_WARNING, Variant, latency
 from reprocls.compress.prune import iterative_amounts, make_permanent, prune_channels, prune_unstructured, sparsity
 from reprocls.compress.quantize import model_size_bytes
-from reprocls.config import ConfigError, OptimConfig, ScheduleConfig, build, find_config
+from reprocls.config import ConfigError, OptimConfig, ScheduleConfig, build, dump, find_config, read_yaml_file
 from reprocls.data import make_loader
 from reprocls.engine import Trainee, TrainSettings, build_optimizer, build_scheduler, evaluate, fit, scaled_lr
 from reprocls.experiments.evaluate import TrainedRun, load_trained_run
@@ -61,10 +61,8 @@ class CompressPlan:
 
 def load_plan(path: str | Path) -> CompressPlan:
     """A compression recipe from YAML: the same keys as CompressPlan, unknown ones rejected with a suggestion."""
-    import yaml
-
     path = find_config(path, "--plan", "compress")  # a file, or a shipped plan by name: resnet20_structured_int8
-    plan = build(CompressPlan, yaml.safe_load(path.read_text()) or {}, "plan")
+    plan = build(CompressPlan, read_yaml_file(path, "--plan") or {}, "plan")
     plan.validate()
     return plan
 
@@ -204,6 +202,7 @@ def compress_run(target: str | Path, plan: CompressPlan, *, out: Path | None = N
         say("  note: dynamic INT8 quantizes only nn.Linear layers; a CNN's convolutions stay float, so it gains little "
             "speed: use --quantize static for convolutional models")
     saved = save_compressed(folder, loaded, compressor, plan)
+    dump(loaded.config, folder / layout.CONFIG)  # the compressed model's recipe, data location included (eval reads it)
     rows = comparison_rows(variants)
     (folder / layout.COMPARE_JSON).write_text(json.dumps({"plan": asdict(plan), "threads": torch.get_num_threads(),
                                                            "variants": [asdict(v) for v in variants]}, indent=2))

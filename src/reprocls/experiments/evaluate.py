@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+import yaml
 from torch import nn
 
 from reprocls import run_layout as layout
@@ -23,6 +22,7 @@ from reprocls.engine import EvalResult, evaluate
 from reprocls.engine.precision import autocast
 from reprocls.metrics.classification import binary_report, class_report, positive_scores, threshold_for_recall
 from reprocls.metrics.mistakes import PredictionLog
+from reprocls.models import load_safetensors, safetensors_metadata
 from reprocls.recipe import Session, build_criterion, prepare
 
 
@@ -77,6 +77,40 @@ def locate_weights(target: Path) -> tuple[Path, Path | None]:
     return target, target.parent if layout.is_run(target.parent) else None
 
 
+LOCATION_KEYS = ("root", "split_file")  # data keys that name files on the machine that trained
+
+
+def recorded_recipe(weights: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """The recipe a weights file carries, checked for shape: a file that is not ours gets one line, not a traceback."""
+    try:
+        raw, info = json.loads(metadata["config"]), json.loads(metadata["reprocls"])
+    except KeyError:
+        raise ConfigError(f"{weights} carries no reprocls metadata; load it with create_model(name, weights=...) "
+                          "instead") from None
+    except ValueError as error:
+        raise ConfigError(f"{weights}: its reprocls metadata is not valid JSON ({str(error)[:100]}); the file is damaged "
+                          "or was not written by reprocls") from None
+    if not isinstance(raw, dict) or not isinstance(info, dict) or not isinstance(info.get("classes"), list):
+        raise ConfigError(f"{weights}: its reprocls metadata does not describe a model (no recipe or classes); the file "
+                          "is damaged or was not written by reprocls")
+    return raw
+
+
+def where_data_is(raw: dict[str, Any], run_dir: Path | None) -> None:
+    """Data locations come from the run folder's own config.yaml (the run of a compressed model in its compress-*
+    folder) or from the user, never from a weights file's metadata (a crafted file could otherwise make eval read
+    any folder of this machine)."""
+    data = raw.setdefault("data", {}) if isinstance(raw.get("data", {}), dict) else {}
+    recorded: dict[str, Any] = {}
+    if run_dir is not None and (run_dir / layout.CONFIG).exists():
+        recorded = (yaml.safe_load((run_dir / layout.CONFIG).read_text()) or {}).get("data") or {}
+    for key in LOCATION_KEYS:
+        if key in recorded:
+            data[key] = recorded[key]
+        else:
+            data.pop(key, None)
+
+
 @dataclass
 class TrainedRun:
     """A trained model rebuilt from its weights file, with the recipe, data and settings it was trained with."""
@@ -96,16 +130,15 @@ def load_trained_run(target: str | Path, overrides: list[str] | None = None,
         record = json.loads(weights.with_suffix(".json").read_text())
         metadata = {"reprocls": json.dumps(record), "config": json.dumps(record.pop("config"))}
     else:
-        with safe_open(str(weights), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    if "config" not in metadata:
-        raise ValueError(f"{weights} carries no reprocls metadata; load it with create_model(name, weights=...) instead")
-    raw = json.loads(metadata["config"])
+        metadata = safetensors_metadata(weights)
+    raw = recorded_recipe(weights, metadata)
+    home = run_dir or next((f for f in (weights.parent, weights.parent.parent) if (f / layout.CONFIG).exists()), None)
+    where_data_is(raw, home)
     config: RunConfig = build(RunConfig, apply_overrides(raw, list(overrides or [])))
     config.model.weights = None
-    compressed = json.loads(metadata["reprocls"]).get("compressed") or {}
-    session = prepare(config, torch.device("cpu") if compressed else device)
     info = json.loads(metadata["reprocls"])
+    compressed = info.get("compressed") or {}
+    session = prepare(config, torch.device("cpu") if compressed else device)
     if session.splits.classes != info["classes"]:
         model_classes, data_classes = set(info["classes"]), set(session.splits.classes)
         missing, extra = sorted(model_classes - data_classes), sorted(data_classes - model_classes)
@@ -116,7 +149,7 @@ def load_trained_run(target: str | Path, overrides: list[str] | None = None,
         session.model, _ = load_exported(weights)
         session.amp_dtype, session.channels_last = None, False
     else:
-        session.model.load_state_dict(load_file(str(weights)))
+        session.model.load_state_dict(load_safetensors(weights))
     return TrainedRun(config, session, metadata, weights, run_dir)
 
 
@@ -143,8 +176,8 @@ def new_folder(target: str | Path, overrides: list[str]) -> Path | None:
     if not roots or roots[-1] is None:
         return None
     weights, _ = locate_weights(Path(target))
-    with safe_open(str(weights), framework="pt") as handle:
-        recorded = json.loads((handle.metadata() or {}).get("config") or "{}").get("data") or {}
+    recorded = recorded_recipe(weights, safetensors_metadata(weights)).get("data") if weights.suffix != ".pt2" else {}
+    recorded = recorded if isinstance(recorded, dict) else {}
     if recorded.get("name") != "image_folder":
         return None
     given = Path(str(roots[-1])).expanduser().resolve()

@@ -13,7 +13,6 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from PIL import Image
-from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 
 from reprocls import run_layout as layout
@@ -21,6 +20,7 @@ from reprocls.compress.export import eval_pipeline, load_exported
 from reprocls.data.images import IMAGE_EXTENSIONS, to_mode
 from reprocls.engine.precision import autocast, resolve_device, resolve_precision
 from reprocls.engine.tta import TTA, tta_logits
+from reprocls.models import safetensors_metadata
 from reprocls.progress import Progress
 
 ImageInput = Image.Image | str | Path
@@ -135,8 +135,7 @@ def load(target: str | Path, *, device: str | torch.device = "auto", precision: 
     if precision is None:
         precision = "fp32"
         if weights.suffix == ".safetensors":
-            with safe_open(str(weights), framework="pt") as handle:
-                config = json.loads((handle.metadata() or {}).get("config") or "{}")
+            config = json.loads(safetensors_metadata(weights).get("config") or "{}")
             precision = (config.get("train") or {}).get("precision") or "fp32"
     return Predictor(model, metadata, device=device, precision=precision)
 

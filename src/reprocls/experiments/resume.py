@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from reprocls import run_layout as layout
 from reprocls.config import ConfigError, RunConfig, flatten, to_dict
-from reprocls.engine.checkpoint import (CheckpointError, load_checkpoint, newest_valid, prune, restore_rng_states,
-                                        rng_states, verify, write_checkpoint)
+from reprocls.engine.checkpoint import (MANIFEST, CheckpointError, intact_list, load_checkpoint, newest_valid, prune,
+                                        restore_rng_states, rng_states, verify, write_checkpoint)
 from reprocls.engine.distributed import World, unwrap
 from reprocls.engine.train import Trainee, TrainState
 # Keys that change how a run is observed or where it reads and writes, never what it computes.
@@ -54,24 +55,61 @@ class ResumePoint:
     manifest: dict[str, Any]
 
 
-def find_resume_point(config: RunConfig, resume: str) -> ResumePoint | None:
-    """`auto`: the newest valid checkpoint (by step) of the most recent run of this recipe, or None to start fresh;
-    a path: that checkpoint folder, or the newest valid checkpoint of that run folder."""
+@dataclass
+class ResumePlan:
+    """What --resume found: a finished run to leave alone, a checkpoint to continue, a folder killed before its first
+    checkpoint to start afresh in, or none of these (a new run folder)."""
+
+    finished: Path | None = None
+    point: ResumePoint | None = None
+    fresh_in: Path | None = None
+
+
+def _finished(run_dir: Path, config: RunConfig) -> ResumePlan:
+    """A finished run, after checking it is this recipe's: a changed recipe must not be told it already ran."""
+    saved = layout.read_config(run_dir)
+    if saved is not None:
+        check_same_experiment(saved, config)
+    return ResumePlan(finished=run_dir)
+
+
+def _busy(run_dir: Path) -> None:
+    if layout.is_locked(run_dir):
+        raise layout.FolderBusy(f"{run_dir} is being trained by another reprocls process right now; wait for it, stop "
+                                "it, or start a new run without --resume")
+
+
+def plan_resume(config: RunConfig, resume: str) -> ResumePlan:
+    """`auto`: the newest run folder of exactly this recipe's name (by its stamp) — finished, checkpointed, or killed
+    before its first checkpoint; folders whose checkpoints are all damaged are kept for inspection and passed over.
+    A path: that run folder, or that one checkpoint folder."""
     if resume == "auto":
-        runs = sorted(Path(config.output_dir).glob(f"{config.name}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for run_dir in runs:
+        for run_dir in layout.runs_named(config.output_dir, config.name):
+            _busy(run_dir)
+            if layout.is_run(run_dir):
+                return _finished(run_dir, config)
             found = newest_valid(run_dir / layout.CHECKPOINTS)
             if found is not None:
-                return ResumePoint(run_dir, *found)
-        return None
+                return ResumePlan(point=ResumePoint(run_dir, *found))
+            if layout.started_only(run_dir):
+                return ResumePlan(fresh_in=run_dir)
+        return ResumePlan()
     path = Path(resume)
-    if (path / "manifest.json").exists():
-        return ResumePoint(path.parent.parent, path, verify(path))
+    if (path / MANIFEST).exists():
+        run_dir = path.parent.parent
+        _busy(run_dir)
+        return _finished(run_dir, config) if layout.is_run(run_dir) else ResumePlan(point=ResumePoint(run_dir, path, verify(path)))
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {resume}: no such folder; pass a run folder, one of its checkpoints/step-N "
+                              "folders, or --resume auto")
+    _busy(path)
+    if layout.is_run(path):
+        return _finished(path, config)
     found = newest_valid(path / layout.CHECKPOINTS)
     if found is None:
         raise CheckpointError(f"--resume {resume}: no intact checkpoint there; pass a run folder with checkpoints/ or one "
                               "checkpoints/step-N folder, or --resume auto")
-    return ResumePoint(path, *found)
+    return ResumePlan(point=ResumePoint(path, *found))
 
 
 def agree_on(value: Any, world: World) -> Any:
@@ -95,12 +133,19 @@ class Checkpointer:
         if self.world.distributed:
             ranks = [None] * self.world.world_size
             dist.all_gather_object(ranks, mine)  # each process's RNG streams and partial-epoch sums
-        if self.folder is None:
-            return
         trainee = self.trainee
         tensors = {f"model.{k}": v for k, v in unwrap(trainee.model).state_dict().items()}
         if trainee.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in trainee.ema.state_dict().items()})
+        broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:  # a checkpoint of NaN weights would be a trap: the error below promises the older ones are good
+            where = intact_list(self.folder) if self.folder is not None else "on rank 0"
+            raise CheckpointError(f"step {state.step}: {len(broken)} weight tensor(s) are no longer finite (first: "
+                                  f"{broken[0]}), so no checkpoint is written of them; the checkpoints already written "
+                                  f"are intact ({where}). The learning rate is probably too high: lower optim.lr, or "
+                                  "set train.grad_clip_norm")
+        if self.folder is None:
+            return
         training = {"state": state.to_dict(), "ranks": ranks, "optimizer": trainee.optimizer.state_dict(),
                     "scheduler": trainee.scheduler.state_dict(),
                     "scaler": trainee.scaler.state_dict() if trainee.scaler else None}

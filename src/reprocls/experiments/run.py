@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,11 +17,12 @@ from reprocls.config import ConfigError, RunConfig, dump, to_dict
 from reprocls.data import make_loader
 from reprocls.data.datasets import DatasetSplits, TensorSplit
 from reprocls.engine import FitResult, evaluate, fit
+from reprocls.engine.checkpoint import CheckpointError, intact_list
 from reprocls.engine.distributed import World, init_distributed, shutdown_distributed
-from reprocls.engine.train import TrainState
+from reprocls.engine.train import TrainState, die_at
 from reprocls.envinfo import environment
 from reprocls.experiments.evaluate import binary_results, eval_result_dict, predict_split
-from reprocls.experiments.resume import Checkpointer, agree_on, find_resume_point, restore
+from reprocls.experiments.resume import Checkpointer, ResumePlan, agree_on, plan_resume, restore
 from reprocls.files import atomic_write_json, atomic_write_text, write_safetensors
 from reprocls.metrics.mistakes import PredictionLog, RecordingModel, covers_split
 from reprocls.metrics.verdict import judge
@@ -37,15 +39,23 @@ class RunWriter:
     """Writes a run folder while it trains: config, per-epoch metrics.jsonl, TensorBoard events, JSON files."""
 
     def __init__(self, config: RunConfig, root: Path | None = None, *, resume: Path | None = None,
-                 history: list[dict] | None = None, step: int = 0) -> None:
-        if resume is not None:  # continue a run: keep its folder and config, drop log lines past the checkpoint
-            self.path = resume
-            self.write_lines(layout.METRICS, [json.dumps(record) for record in history or []])
-        else:
-            self.path = layout.new_stamped_folder(root or config.output_dir, config.name)
-            dump(config, self.path / layout.CONFIG)
-        self.metrics = open(self.path / layout.METRICS, "a", buffering=1)
-        self.tensorboard = SummaryWriter(str(self.path / layout.TENSORBOARD), purge_step=step if resume is not None else None)
+                 fresh_in: Path | None = None, history: list[dict] | None = None, step: int = 0) -> None:
+        self.path = resume or fresh_in or layout.new_stamped_folder(root or config.output_dir, config.name)
+        self.lock = layout.FolderLock(self.path)  # a second trainer of this folder is refused here, before any write
+        try:
+            if resume is not None:  # continue a run: keep its folder and config, drop log lines past the checkpoint
+                layout.remove_temporary_checkpoints(self.path)
+                self.write_lines(layout.METRICS, [json.dumps(record) for record in history or []])
+            else:
+                if fresh_in is not None:  # killed before its first checkpoint: nothing in it is worth keeping
+                    clear_folder(self.path)
+                dump(config, self.path / layout.CONFIG)
+            self.metrics = open(self.path / layout.METRICS, "a", buffering=1)
+            self.tensorboard = SummaryWriter(str(self.path / layout.TENSORBOARD),
+                                             purge_step=step if resume is not None else None)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def write_lines(self, name: str, lines: list[str]) -> None:
         atomic_write_text(self.path / name, "".join(f"{line}\n" for line in lines))
@@ -68,6 +78,27 @@ class RunWriter:
     def close(self) -> None:
         self.metrics.close()
         self.tensorboard.close()
+
+    def final_write(self, what: str, write: Callable[[], Any]) -> Any:
+        """A write of the finished run; a full disk here loses nothing: the last checkpoint holds the trained weights."""
+        try:
+            return write()
+        except OSError as error:
+            raise CheckpointError(f"could not write {what} ({error.strerror or error}); the training is safe in its "
+                                  f"checkpoints ({intact_list(self.path / layout.CHECKPOINTS)}). Free space in "
+                                  f"{self.path.parent} and rerun with --resume auto: it redoes only the final test "
+                                  "pass.") from None
+
+
+def clear_folder(folder: Path) -> None:
+    """Empty a run folder of a killed start, keeping only its lock file."""
+    for path in folder.iterdir():
+        if path.name == layout.LOCK:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def eval_resize(config: RunConfig, splits: DatasetSplits) -> str:
@@ -165,6 +196,15 @@ def train_recipe(config: RunConfig, *, progress: bool = True, echo: bool = True,
 
 def _train(config: RunConfig, world: World, device: torch.device | None, wall_start: float, *, progress: bool,
            echo: bool, resume: str | None, on_epoch: Callable[[dict], None] | None) -> tuple[Path | None, dict[str, Any]]:
+    say = print if echo else (lambda *a, **k: None)
+    plan = agree_on(plan_resume(config, resume) if resume and world.is_main else None, world) or ResumePlan()
+    if plan.finished is not None:  # a finished run is reported, never trained or written again
+        if not world.is_main:
+            return None, {}
+        results = json.loads((plan.finished / layout.RESULTS).read_text())
+        say(f"{plan.finished} is finished (test top-1 {100 * results['test']['top1']:.2f} %); left as it is. Train "
+            "again without --resume for a new run.")
+        return plan.finished, results
     session = prepare(config, device)
     splits, model, device = session.splits, session.model, session.device
     seed_everything(config.seed + world.rank)  # dropout and stochastic depth differ across processes
@@ -180,88 +220,94 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
     lr = lr_plan(config, world)
     trainee = build_trainee(config, session, lr["lr"], len(train_loader) // config.train.accum_steps)
     ema = trainee.ema
-    say = print if echo else (lambda *a, **k: None)
-    point = agree_on(find_resume_point(config, resume) if resume and world.is_main else None, world)
+    point = plan.point
     state = TrainState()
     if point is not None:
         state = restore(point, config, world, trainee, splits.classes)
         say(f"resuming {point.checkpoint} at epoch {state.epoch + 1}, step {state.step}")
+    elif plan.fresh_in is not None:
+        say(f"--resume {resume}: {plan.fresh_in.name} was stopped before its first checkpoint; training it afresh")
     elif resume:
         say(f"--resume {resume}: no checkpoint of {config.name!r} under {config.output_dir}; starting a new run")
     trainee.model = wrap_for_training(model, config, world, device)
     params = count_params(model)
     run = None
     if world.is_main:  # only now: a recipe that fails to set up leaves no run folder
-        run = RunWriter(config, resume=point.run_dir if point else None, history=state.history, step=state.step)
-    checkpointer = Checkpointer(run.path / layout.CHECKPOINTS if run else None, config, world, trainee, splits.classes)
-    if run is not None:
-        say(f"run folder: {run.path}")
-        run.write_json(layout.ENVIRONMENT, environment())
-        if splits.split_record is not None:
-            run.write_json(layout.SPLITS, splits.split_record)
-        if splits.skipped:
-            run.write_json(layout.SKIPPED, splits.skipped)
-    say(f"{config.model.name} ({params / 1e6:.3f} M params) on {splits.name}: {len(splits.train)} train / "
-        f"{len(splits.val) if splits.val else 0} val / {len(splits.test)} test, device {device}, "
-        f"precision {session.amp_dtype or 'fp32'}, channels_last {session.channels_last}"
-        f"{', EMA ' + str(config.train.ema_decay) if ema is not None else ''}")
-    for line in banner(config, session):
-        say(line)
-    say(lr["text"])
-
-    tuning = fine_tuning(config, model)
-    settings = train_settings(config, session, progress=progress)
-    test_eval = dict(device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes,
-                     criterion=trainee.criterion, progress=progress)
+        run = RunWriter(config, resume=point.run_dir if point else None, fresh_in=plan.fresh_in, history=state.history,
+                        step=state.step)
     try:
+        checkpointer = Checkpointer(run.path / layout.CHECKPOINTS if run else None, config, world, trainee, splits.classes)
+        if run is not None:
+            say(f"run folder: {run.path}")
+            run.write_json(layout.ENVIRONMENT, environment())
+            if splits.split_record is not None:
+                run.write_json(layout.SPLITS, splits.split_record)
+            if splits.skipped:
+                run.write_json(layout.SKIPPED, splits.skipped)
+        say(f"{config.model.name} ({params / 1e6:.3f} M params) on {splits.name}: {len(splits.train)} train / "
+            f"{len(splits.val) if splits.val else 0} val / {len(splits.test)} test, device {device}, "
+            f"precision {session.amp_dtype or 'fp32'}, channels_last {session.channels_last}"
+            f"{', EMA ' + str(config.train.ema_decay) if ema is not None else ''}")
+        for line in banner(config, session):
+            say(line)
+        say(lr["text"])
+
+        tuning = fine_tuning(config, model)
+        settings = train_settings(config, session, progress=progress)
+        test_eval = dict(device=device, amp_dtype=session.amp_dtype, num_classes=splits.num_classes,
+                         criterion=trainee.criterion, progress=progress)
         outcome = fit(trainee, train_loader, val_loader, settings, state, checkpoint=checkpointer,
                       logger=_Echo(run, say, on_epoch) if run is not None else None)
         chosen = pick_weights(outcome, ema)
         final = ema.module if chosen == "ema" and ema is not None else model
         if run is not None:
-            save_weights(final, run.path / layout.WEIGHTS, model_metadata(config, splits, final, chosen))
+            run.final_write(layout.WEIGHTS, lambda: save_weights(final, run.path / layout.WEIGHTS,
+                                                                 model_metadata(config, splits, final, chosen)))
+        die_at("test")
         recorded = PredictionLog(splits.test.labels)  # the test pass also finds the most confident mistakes
         test = evaluate(RecordingModel(final, recorded), test_loader, description="test", **test_eval)
         ema_summary = None
         if ema is not None:
             other = evaluate(model if chosen == "ema" else ema.module, test_loader, description="test (other)", **test_eval)
             tests = {chosen: test.top1, ("raw" if chosen == "ema" else "ema"): other.top1}
-            ema_summary = {"decay": config.train.ema_decay, "chosen": chosen, "chosen_by": "val top-1" if outcome.val else "default",
+            ema_summary = {"decay": config.train.ema_decay, "chosen": chosen,
+                           "chosen_by": "val top-1" if outcome.val else "default",
                            "val_top1": {"raw": outcome.val.top1 if outcome.val else None,
                                         "ema": outcome.ema_val.top1 if outcome.ema_val else None},
                            "test_top1": tests}
+
+        chosen_val = outcome.ema_val if chosen == "ema" and outcome.ema_val is not None else outcome.val
+        results: dict[str, Any] = {
+            "run": run.path.name if run is not None else None, "model": config.model.name, "dataset": splits.name,
+            "params": params, "classes": splits.classes, "epochs": config.schedule.epochs, "seed": config.seed,
+            "precision": str(session.amp_dtype or "fp32").replace("torch.", ""), "channels_last": session.channels_last,
+            "lr": {k: v for k, v in lr.items() if k != "text"}, "ema": ema_summary,
+            "resumed_from": point.checkpoint.name if point else None, "nonfinite_skipped": outcome.nonfinite_skipped,
+            "val": eval_result_dict(chosen_val, splits.classes) if chosen_val else None,
+            "test": eval_result_dict(test, splits.classes),
+            "train_time_s": outcome.train_seconds, "images_per_s": outcome.images_per_s,
+            "wall_time_s": time.perf_counter() - wall_start,
+            "first_step_s": outcome.first_step_at - wall_start if outcome.first_step_at else None,
+            "first_step_unix": time.time() - (time.perf_counter() - outcome.first_step_at) if outcome.first_step_at else None,
+            "reference": reference_gap(config, test.top1),
+            "skipped_images": len(splits.skipped),
+            "binary": binary_results(config, splits, chosen_val, test) if splits.num_classes == 2 else None,
+            "input": input_record(config, session),
+            "weights": session.weights.to_dict() if session.weights is not None else None,
+            "fine_tuning": {**tuning.record(model), "head_only_epochs": config.train.head_only_epochs},
+        }
+        if run is None:
+            return None, results
+        run.final_write(layout.RESULTS, lambda: run.write_json(layout.RESULTS, results))
+        run.final_write("the report", lambda: (save_test_mistakes(run.path, recorded, test.confusion, final, session, config),
+                                               write_run_pages(run.path)))
+        say("\n" + format_table(results_table(results)))
+        say(f"\nreport: {run.path / layout.REPORT_MD} and {run.path / layout.REPORT_HTML}")
+        return run.path, results
     finally:
         if run is not None:
             run.close()
-
-    chosen_val = outcome.ema_val if chosen == "ema" and outcome.ema_val is not None else outcome.val
-    results: dict[str, Any] = {
-        "run": run.path.name if run is not None else None, "model": config.model.name, "dataset": splits.name,
-        "params": params, "classes": splits.classes, "epochs": config.schedule.epochs, "seed": config.seed,
-        "precision": str(session.amp_dtype or "fp32").replace("torch.", ""), "channels_last": session.channels_last,
-        "lr": {k: v for k, v in lr.items() if k != "text"}, "ema": ema_summary,
-        "resumed_from": point.checkpoint.name if point else None, "nonfinite_skipped": outcome.nonfinite_skipped,
-        "val": eval_result_dict(chosen_val, splits.classes) if chosen_val else None,
-        "test": eval_result_dict(test, splits.classes),
-        "train_time_s": outcome.train_seconds, "images_per_s": outcome.images_per_s,
-        "wall_time_s": time.perf_counter() - wall_start,
-        "first_step_s": outcome.first_step_at - wall_start if outcome.first_step_at else None,
-        "first_step_unix": time.time() - (time.perf_counter() - outcome.first_step_at) if outcome.first_step_at else None,
-        "reference": reference_gap(config, test.top1),
-        "skipped_images": len(splits.skipped),
-        "binary": binary_results(config, splits, chosen_val, test) if splits.num_classes == 2 else None,
-        "input": input_record(config, session),
-        "weights": session.weights.to_dict() if session.weights is not None else None,
-        "fine_tuning": {**tuning.record(model), "head_only_epochs": config.train.head_only_epochs},
-    }
-    if run is None:
-        return None, results
-    run.write_json(layout.RESULTS, results)
-    save_test_mistakes(run.path, recorded, test.confusion, final, session, config)
-    write_run_pages(run.path)
-    say("\n" + format_table(results_table(results)))
-    say(f"\nreport: {run.path / layout.REPORT_MD} and {run.path / layout.REPORT_HTML}")
-    return run.path, results
+            run.lock.release()
 
 
 class _Echo:

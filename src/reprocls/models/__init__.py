@@ -10,7 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from reprocls.models._weights import WeightsReport, load_pretrained, read_state_dict
+from reprocls.models._weights import (WeightsReport, load_pretrained, load_safetensors, read_state_dict,
+                                      safetensors_metadata)
 from reprocls.registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -100,4 +101,4 @@ for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["MODELS", "count_params", "create_model", "list_models", "load_weights", "read_state_dict", "register_model", "warn_if_input_too_small"]
+__all__ = ["MODELS", "count_params", "create_model", "list_models", "load_weights", "load_safetensors", "read_state_dict", "register_model", "safetensors_metadata", "warn_if_input_too_small"]

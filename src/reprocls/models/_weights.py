@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reprocls.config import ConfigError
+
 WEIGHTS_FILE = "model.safetensors"  # a reprocls run folder's weights (run_layout.WEIGHTS; models sit below it)
 LISTED = 5  # keys named in an error before "..."
 
@@ -58,20 +60,62 @@ def resolve_weights_path(path: str | Path) -> Path:
     return path
 
 
+def _not_safetensors(path: Path, error: Exception) -> ConfigError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+    return ConfigError(f"{path} is not a readable safetensors file ({first}): it is damaged, or another format under a "
+                       ".safetensors name; reprocls reads weights only from real safetensors files or plain state-dict "
+                       "pickles (.pth/.pt)")
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file; one-line ConfigError when the file is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise _not_safetensors(Path(path), error) from None
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; one-line ConfigError when the file is not one (or is truncated)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise _not_safetensors(Path(path), error) from None
+
+
+def load_plain_pickle(path: Path) -> Any:
+    """torch.load with weights_only=True, its refusals turned into one line (nothing in the file ever runs)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ConfigError(f"refusing to load {path}: it holds Python objects that could run code when unpickled "
+                          f"({(str(error).strip().splitlines() or [''])[0][:120]}). Load only tensors: save it as "
+                          "torch.save(model.state_dict(), path) or as safetensors") from None
+    except (RuntimeError, EOFError, ValueError) as error:
+        raise ConfigError(f"{path} is not a PyTorch weights file ({(str(error).strip().splitlines() or [''])[0][:120]})"
+                          ) from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file or a plain state-dict pickle, never executing code from the file."""
     path = resolve_weights_path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        return load_safetensors(path)
+    state = load_plain_pickle(path)
     for key in ("state_dict", "model", "model_ema"):  # common wrappers of training checkpoints
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        raise ConfigError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return state
 
 
@@ -80,11 +124,12 @@ def read_metadata(path: str | Path) -> dict[str, Any] | None:
     path = resolve_weights_path(path)
     if path.suffix != ".safetensors":
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return json.loads(metadata["reprocls"]) if "reprocls" in metadata else None
+    metadata = safetensors_metadata(path)
+    try:
+        record = json.loads(metadata["reprocls"]) if "reprocls" in metadata else None
+    except ValueError:
+        raise ConfigError(f"{path}: its reprocls metadata is not valid JSON; the file is damaged") from None
+    return record if isinstance(record, dict) else None
 
 
 def classifier_keys(model: nn.Module) -> set[str]:

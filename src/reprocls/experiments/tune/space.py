@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from reprocls.config import (ConfigError, RunConfig, build, describe_keys, find_config, get_key, set_key, strip_optional,
-                             to_dict)
+from reprocls.config import (ConfigError, RunConfig, build, describe_keys, find_config, get_key, read_yaml_file, set_key,
+                             strip_optional, to_dict)
 from reprocls.recipe import check_names
 from reprocls.registry import suggest
 
@@ -24,10 +23,7 @@ FREE_FORM = "model.kwargs."  # builder arguments: any name, typed by the values 
 def load_space(path: str | Path) -> dict[str, BaseDistribution]:
     """Read a search space YAML file: recipe key -> range or choices."""
     path = find_config(path, "--space", "search")  # a file, or a shipped space by name: resnet20_lr_wd
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--space {path} is not valid YAML: {error}") from None
+    raw = read_yaml_file(path, "--space")
     return parse_space(raw, str(path))
 
 
