@@ -1,5 +1,6 @@
 # make demo: train the quickstart recipe. make test: check the layer contracts (pyproject.toml), then run the test
-# suite. Both set up .venv on first use.
+# suite, one pytest-xdist worker per core (a test file stays on one worker; tests/conftest.py shares the cores out).
+# Both set up .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ demo: $(STAMP) data
 
 test: $(STAMP) data test-packages
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -11,7 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (make test runs `-n auto`) the CPU cores are shared between the workers: each takes its share,
+# and so do the processes it starts, so no two torch thread pools spin against each other on one core.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 # folder scans are cached; tests keep theirs out of the user's ~/.cache (subprocesses inherit this)
 os.environ["REPROCLS_CACHE"] = tempfile.mkdtemp(prefix="reprocls-test-cache-")
 
