@@ -130,7 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "results.json)" if "new_data" in result else f"{args.split} ({result['samples']} images)")
     rows = [("data", split), ("top-1", percent(result["top1"])),
             ("top-5", percent(result["top5"])), ("loss", f"{result['loss']:.4f}"),
-            ("macro-F1", percent(result["macro_f1"])), ("balanced accuracy", percent(result["balanced_accuracy"]))]
+            ("macro-F1", percent(result["macro_f1"])), ("balanced accuracy", percent(result["balanced_accuracy"])),
+            ("test-time augmentation", f"{result['tta']} ({result['images_per_s']:,.0f} img/s)")]
     recorded = result.get("recorded")
     if recorded:
         same = all(abs(result[k] - recorded[k]) < 1e-6 for k in ("top1", "top5"))
@@ -144,7 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = load(args.target)
     summary = predict_paths(predictor, args.paths, top_k=args.top_k, batch_size=args.batch, workers=args.workers,
-                            tta="flip" if args.tta else "none", progress=not args.quiet)
+                            tta=args.tta, progress=not args.quiet)
     predictions = summary["predictions"]
     if args.csv:
         write_csv(args.csv, predictions)

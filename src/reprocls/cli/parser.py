@@ -6,6 +6,7 @@ import argparse
 import os
 
 from reprocls.cli import commands as cmd
+from reprocls.engine.tta import TTA_MODES
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str) -> None:
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=1, help="classes listed per image")
     predict.add_argument("--batch", type=int, default=64, help="images per forward pass")
     predict.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images")
-    predict.add_argument("--tta", action="store_true", help="average over the image and its mirror image")
+    predict.add_argument("--tta", nargs="?", const="flip", default="none", choices=TTA_MODES,
+                         help="test-time augmentation: --tta (flip: the image and its mirror) or --tta flip_translate")
     predict.add_argument("--json", action="store_true", help="print the predictions as JSON (format in the README)")
     predict.add_argument("--csv", metavar="FILE", help="also write one row per image to FILE")
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

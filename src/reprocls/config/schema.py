@@ -174,6 +174,9 @@ class EvalConfig:
     target_recall: float = opt(0.95, "two classes: the operating threshold is the highest that keeps this recall of "
                                "the positive class on validation; precision and recall at it are reported on test",
                                check=lambda v: 0 < v <= 1, rule="in (0, 1]")
+    tta: Literal["none", "flip", "flip_translate"] = opt(
+        "none", "test-time augmentation: none, flip (the image and its mirror) or flip_translate (both, and both "
+        "shifted a pixel each way); train reports it beside the plain test number, eval and predict use it")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from reprocls.engine.distributed import all_gather_cat, all_reduce_sum, unwrap
 from reprocls.engine.precision import autocast
+from reprocls.engine.tta import TTA, tta_logits
 from reprocls.metrics import confusion_matrix, per_class_accuracy, topk_correct
 from reprocls.progress import Progress
 
@@ -254,9 +255,10 @@ def die_at(moment: str) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dtype: torch.dtype | None,
              num_classes: int, criterion: nn.Module | None = None, description: str = "eval",
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, tta: TTA = "none") -> EvalResult:
     """Loss, top-1/top-5 and the confusion matrix over a whole split, with BatchNorm and dropout in eval mode; for
-    two classes also every image's P(class 1), for ROC and PR curves."""
+    two classes also every image's P(class 1), for ROC and PR curves. `tta` averages the logits over flipped (and
+    shifted) views of each batch (engine/tta.py)."""
     model.eval()
     scores: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
@@ -268,7 +270,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dt
     start = time.perf_counter()
     for images, targets in loader:
         with autocast(device, amp_dtype):
-            logits = model(images)
+            logits = tta_logits(model, images, tta)
         logits = logits.float()
         loss_sum += criterion(logits, targets).double() * targets.shape[0]
         hits1, hits5 = topk_correct(logits, targets, (1, 5))

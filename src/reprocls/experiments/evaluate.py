@@ -201,13 +201,17 @@ def evaluate_saved(target: str | Path, split: str = "test", overrides: list[str]
                          channels_last=session.channels_last)
     result = evaluate(session.model, loader, device=session.device, amp_dtype=session.amp_dtype,
                       num_classes=session.splits.num_classes, criterion=build_criterion(config),
-                      description=split, progress=progress)
-    out = {"split": split, **eval_result_dict(result, session.splits.classes)}
+                      description=split, progress=progress, tta=config.eval.tta)
+    out = {"split": split, "tta": config.eval.tta, **eval_result_dict(result, session.splits.classes),
+           "images_per_s": result.samples / max(result.seconds, 1e-9)}
     if new is not None:
         out["new_data"] = {"root": str(new), "images": result.samples}
         return out
     if trained.run_dir is not None and layout.is_run(trained.run_dir):
-        recorded = json.loads((trained.run_dir / layout.RESULTS).read_text()).get(split)
+        results = json.loads((trained.run_dir / layout.RESULTS).read_text())
+        recorded = results.get(split) if config.eval.tta == "none" else None
+        if split == "test" and (results.get("test_tta") or {}).get("mode") == config.eval.tta:
+            recorded = results["test_tta"]  # the run's own TTA number, for the same mode
         if recorded:
             out["recorded"] = {k: recorded[k] for k in ("top1", "top5", "loss")}
     return out

@@ -20,7 +20,7 @@ from reprocls.engine.train import Trainee, TrainState
 # Keys that change how a run is observed or where it reads and writes, never what it computes.
 HARMLESS_KEYS = ("name", "output_dir", "data.root", "data.download", "data.workers", "data.eval_batch_size",
                  "train.log_every", "train.threads", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-                 "train.on_nonfinite", "reference")
+                 "train.on_nonfinite", "eval.tta", "reference")
 
 
 def _harmless(key: str) -> bool:

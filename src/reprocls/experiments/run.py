@@ -266,6 +266,11 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
         die_at("test")
         recorded = PredictionLog(splits.test.labels)  # the test pass also finds the most confident mistakes
         test = evaluate(RecordingModel(final, recorded), test_loader, description="test", **test_eval)
+        test_tta = None
+        if config.eval.tta != "none":  # beside the plain number, never instead of it
+            tta = evaluate(final, test_loader, description=f"test ({config.eval.tta} TTA)", tta=config.eval.tta, **test_eval)
+            test_tta = {"mode": config.eval.tta, **tta.summary(), "images_per_s": tta.samples / max(tta.seconds, 1e-9),
+                        "plain_images_per_s": test.samples / max(test.seconds, 1e-9)}
         ema_summary = None
         if ema is not None:
             other = evaluate(model if chosen == "ema" else ema.module, test_loader, description="test (other)", **test_eval)
@@ -284,7 +289,7 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
             "lr": {k: v for k, v in lr.items() if k != "text"}, "ema": ema_summary,
             "resumed_from": point.checkpoint.name if point else None, "nonfinite_skipped": outcome.nonfinite_skipped,
             "val": eval_result_dict(chosen_val, splits.classes) if chosen_val else None,
-            "test": eval_result_dict(test, splits.classes),
+            "test": eval_result_dict(test, splits.classes), "test_tta": test_tta,
             "train_time_s": outcome.train_seconds, "images_per_s": outcome.images_per_s,
             "wall_time_s": time.perf_counter() - wall_start,
             "first_step_s": outcome.first_step_at - wall_start if outcome.first_step_at else None,

@@ -41,8 +41,12 @@ def results_table(results: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("model", f"{results['model']} ({results['params'] / 1e6:.3f} M params)"), ("dataset", results["dataset"])]
     if results.get("val"):
         rows.append(("val top-1", percent(results["val"]["top1"])))
-    rows += [("test top-1", percent(results["test"]["top1"])), ("test top-5", percent(results["test"]["top5"])),
-             ("test loss", f"{results['test']['loss']:.4f}"), ("epochs", str(results["epochs"])),
+    rows += [("test top-1", percent(results["test"]["top1"])), ("test top-5", percent(results["test"]["top5"]))]
+    tta = results.get("test_tta")
+    if tta:
+        rows.append((f"test top-1, {tta['mode']} TTA", f"{percent(tta['top1'])} ({tta['images_per_s']:,.0f} img/s, plain "
+                                                       f"{tta['plain_images_per_s']:,.0f} img/s)"))
+    rows += [("test loss", f"{results['test']['loss']:.4f}"), ("epochs", str(results["epochs"])),
              ("train time", f"{results['train_time_s']:.0f} s ({results['images_per_s']:,.0f} img/s)"),
              ("wall time", f"{results['wall_time_s']:.0f} s")]
     test = results["test"]
