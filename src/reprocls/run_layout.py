@@ -29,6 +29,7 @@ CONFUSION_PNG = "confusion.png"
 MISTAKES_JSON = "mistakes.json"
 MISTAKES_PNG = "mistakes.png"
 LOCK = ".lock"  # held (flock) by the one process writing the folder; it holds that process's pid
+CHECKPOINT_STEP = "step-"  # checkpoints/step-<N>/: one finished checkpoint
 TEMPORARY_CHECKPOINT = ".tmp-step-"  # a checkpoint being written: left behind only by a killed write
 RUN_FILES = (RESULTS, CONFIG, ENVIRONMENT)  # what a finished run folder must hold to be compared or reported
 
@@ -172,5 +173,5 @@ def remove_temporary_checkpoints(run_dir: Path) -> list[str]:
 def started_only(run_dir: Path) -> bool:
     """A run folder killed before its first checkpoint: it has no results and no checkpoint folder at all."""
     checkpoints = Path(run_dir) / CHECKPOINTS
-    finished_steps = [p for p in checkpoints.iterdir() if p.name.startswith("step-")] if checkpoints.is_dir() else []
+    finished_steps = [p for p in checkpoints.iterdir() if p.name.startswith(CHECKPOINT_STEP)] if checkpoints.is_dir() else []
     return not is_run(run_dir) and not finished_steps

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from reprocls.files import write_safetensors
+from reprocls.run_layout import CHECKPOINT_STEP, TEMPORARY_CHECKPOINT
 
 WEIGHTS, STATE, MANIFEST = "weights.safetensors", "state.pt", "manifest.json"
 
@@ -52,8 +53,8 @@ def write_checkpoint(folder: Path, step: int, tensors: dict[str, torch.Tensor], 
                      info: dict[str, Any]) -> Path:
     """Write step-<step>/ next to the older checkpoints, all or nothing: a temporary folder, fsync, one rename."""
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{step:09d}"
-    temporary = folder / f".tmp-step-{step:09d}-{os.getpid()}"
+    final = folder / f"{CHECKPOINT_STEP}{step:09d}"
+    temporary = folder / f"{TEMPORARY_CHECKPOINT}{step:09d}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         temporary.mkdir()
@@ -86,7 +87,7 @@ def checkpoint_folders(folder: Path) -> list[Path]:
     """Finished checkpoint folders (temporary ones excluded), in no particular order."""
     if not folder.is_dir():
         return []
-    return [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")]
+    return [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_STEP)]
 
 
 def verify(path: Path) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from reprocls import run_layout as layout
@@ -101,9 +100,8 @@ def where_data_is(raw: dict[str, Any], run_dir: Path | None) -> None:
     folder) or from the user, never from a weights file's metadata (a crafted file could otherwise make eval read
     any folder of this machine)."""
     data = raw.setdefault("data", {}) if isinstance(raw.get("data", {}), dict) else {}
-    recorded: dict[str, Any] = {}
-    if run_dir is not None and (run_dir / layout.CONFIG).exists():
-        recorded = (yaml.safe_load((run_dir / layout.CONFIG).read_text()) or {}).get("data") or {}
+    saved = layout.read_config(run_dir) if run_dir is not None else None
+    recorded = (saved or {}).get("data") or {}
     for key in LOCATION_KEYS:
         if key in recorded:
             data[key] = recorded[key]

@@ -98,7 +98,9 @@ def plan_resume(config: RunConfig, resume: str) -> ResumePlan:
     if (path / MANIFEST).exists():
         run_dir = path.parent.parent
         _busy(run_dir)
-        return _finished(run_dir, config) if layout.is_run(run_dir) else ResumePlan(point=ResumePoint(run_dir, path, verify(path)))
+        if layout.is_run(run_dir):
+            return _finished(run_dir, config)
+        return ResumePlan(point=ResumePoint(run_dir, path, verify(path)))
     if not path.is_dir():
         raise CheckpointError(f"--resume {resume}: no such folder; pass a run folder, one of its checkpoints/step-N "
                               "folders, or --resume auto")
@@ -137,8 +139,10 @@ class Checkpointer:
         tensors = {f"model.{k}": v for k, v in unwrap(trainee.model).state_dict().items()}
         if trainee.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in trainee.ema.state_dict().items()})
-        broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if broken:  # a checkpoint of NaN weights would be a trap: the error below promises the older ones are good
+        floats = [(k, v) for k, v in tensors.items() if v.is_floating_point()]
+        finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).tolist() if floats else []  # one device sync
+        if not all(finite):  # a checkpoint of NaN weights would be a trap: the error promises the older ones are good
+            broken = [k for (k, _), ok in zip(floats, finite) if not ok]
             where = intact_list(self.folder) if self.folder is not None else "on rank 0"
             raise CheckpointError(f"step {state.step}: {len(broken)} weight tensor(s) are no longer finite (first: "
                                   f"{broken[0]}), so no checkpoint is written of them; the checkpoints already written "
