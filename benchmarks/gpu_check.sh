@@ -1,95 +1,136 @@
 #!/usr/bin/env bash
-# reprocls on one CUDA GPU, in under 8 minutes on an H200 (the steps share a 450 s budget; the recipe gets what is left).
+# reprocls on one CUDA GPU inside one 10-minute window on an H200: the parts share a 540 s budget (GPU_CHECK_BUDGET_S),
+# each under its own time cap, and a summary (text and JSON) is written even when a part fails or is cut short.
 #
-# What it checks, in order (each later step runs even if an earlier one failed; the exit status says if any did):
-#   1. preflight: python, torch, torchvision, CUDA/cuDNN/NCCL and the GPU; that torch, torchvision, numpy, PIL, yaml,
-#      safetensors, tqdm, matplotlib and tensorboard import (exit 3 naming the missing ones); pytest is optional;
-#      that Fashion-MNIST is in .data/FashionMNIST/raw/.
-#   2. CUDA is available to torch (exit 4 with the reason when it is not, e.g. on the CPU machine).
-#   3. tests/test_cuda.py: fp16 + GradScaler through train_one_epoch, a skipped fp16 step leaving the lr schedule and
-#      the weights alone, bf16 autocast against fp32, channels_last against contiguous, auto precision and device,
-#      the in-memory loader on the GPU. Without pytest, a small runner in this script calls the test functions.
-#   4. torchrun with one process: `reprocls train configs/quickstart.yaml` on 4,096 images for one epoch on cuda, with
-#      2-way accumulation, exits 0 and writes results.json (under torchrun reprocls joins an NCCL process group and
-#      wraps the model in DistributedDataParallel even for one process).
-#   5. the same path with its outcome asserted (torchrun, one process, NCCL): a DistributedDataParallel ResNet-20
-#      through train_one_epoch with 2-way accumulation (no_sync on the first micro-batch) and evaluate (all-reduced
-#      sums): step count, finite loss, weights changed and equal across ranks, all-reduce and image counts right.
-#   6. the full recipe configs/fashion_mnist/resnet20.yaml on the GPU (30 epochs, bf16 + channels_last by `auto`; the
-#      in-memory loader holds Fashion-MNIST on the GPU): wall time, train img/s and test top-1 from results.json.
-#   7. only if time is left: benchmarks/precision_throughput.py --device cuda (eager; with torch.compile when >= 240 s
-#      are left). Informational: its result does not change the exit status.
-# At the end a summary block for docs/benchmarks.md, also written to $OUT/gpu_check.txt when $OUT is set (with the
-# step logs and the recipe's results.json and metrics.jsonl under $OUT/gpu_check/).
+# Parts, in order, with the cap each gets and the time measured on the CPU with --dry-run (2-core VM, 2026-12-02;
+# the H200 times are estimates until the script first runs there):
+#   1. preflight (cap: none, ~5 s): python, torch, torchvision, CUDA/cuDNN/NCCL and the GPU; the modules reprocls
+#      needs (exit 3 naming the missing ones); Fashion-MNIST in .data/FashionMNIST/raw/ and the speed-run recipe
+#      (exit 3); CUDA visible to torch (exit 4 with the reason). Anything missing stops here, before any long part.
+#   2. tests/test_cuda.py (cap 150 s, ~40 s): fp16 + GradScaler through train_one_epoch, a skipped fp16 step leaving the
+#      schedule alone, bf16 autocast against fp32, channels_last, auto precision/device, the in-memory loader on the
+#      GPU. Without pytest a small runner here calls the test functions. (--dry-run: they skip, which counts as ok.)
+#   3. torchrun, one NCCL process (cap 120 s + 90 s, ~35 s): `reprocls train` of the quickstart on 4,096 images for
+#      one epoch with 2-way accumulation writes results.json; then DistributedDataParallel ResNet-20 through
+#      train_one_epoch and evaluate with its outcome asserted (steps, finite loss, equal weights, all-reduced counts).
+#   4. the speed-run recipe configs/fashion_mnist/speedrun.yaml, data held on the GPU (cap: what is left, ~60 s):
+#      test top-1 plain and with its TTA, train time, and whether it reached 94 %.
+#   5. if >= 200 s are left: `reprocls reproduce` of the same recipe over 5 seeds (mean +- std and the verdict).
+#   6. if >= 90 s are left: benchmarks/precision_throughput.py --device cuda (informational only).
+# Failing checks do not stop the later parts (each part is independent); missing prerequisites do. Exit status: 0 all
+# ran and passed, 1 a check failed, 3 a prerequisite is missing, 4 no CUDA.
 #
-# Run it from the repository root, from source (no install, no network needed):
-#   bash benchmarks/gpu_check.sh                 on our device tool: command `bash benchmarks/gpu_check.sh`,
-#                                                carry [".data"], timeout_s 540
+#   bash benchmarks/gpu_check.sh             on our device tool: command `bash benchmarks/gpu_check.sh`, carry
+#                                            [".data"], timeout_s 600. Summary: $OUT/gpu_check.{txt,json} and logs.
+#   bash benchmarks/gpu_check.sh --dry-run   the same path on the CPU (gloo instead of NCCL, tiny sizes, two seeds),
+#                                            so that only CUDA itself is untested when no GPU is at hand (~4 min).
 # The device machine has no network, so the data travels with the checkout in the git-ignored .data/ (about 53 MB,
 # the four unpacked idx files). Make it once on the CPU machine, from the repository root with REPROCLS_DATA unset:
-#   make data                                    # Debian's dataset-fashion-mnist into /usr/share/datasets/fashion-mnist
-#   .venv/bin/reprocls data stats fashion_mnist  # the first load copies it, unpacked, into .data/FashionMNIST/raw/
-# (any fashion_mnist training run does the same copy; see _prepare_mnist_root in src/reprocls/data/datasets.py).
+#   make data && .venv/bin/reprocls data stats fashion_mnist    # copies it, unpacked, into .data/FashionMNIST/raw/
 #
-# Settings by environment: PYTHON (python3), GPU_CHECK_EPOCHS (30: the recipe's epochs), GPU_CHECK_BUDGET_S (450).
+# Settings by environment: PYTHON (python3), GPU_CHECK_BUDGET_S (540), OUT (where the summary goes; default
+# runs/gpu_check/).
 
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+DRY=0
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY=1 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument $arg (use --dry-run or nothing)" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
-EPOCHS=${GPU_CHECK_EPOCHS:-30}
-BUDGET=${GPU_CHECK_BUDGET_S:-450}
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+BUDGET=${GPU_CHECK_BUDGET_S:-540}
 RESERVE=15
+OUT=${OUT:-runs/gpu_check}
+RECIPE=configs/fashion_mnist/speedrun.yaml
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 unset REPROCLS_DATA
+if (( DRY )); then
+  DEVICE=cpu BACKEND=gloo SEEDS=2
+  QUICK=(data.limit_train=1024 data.limit_eval=512)
+  SPEED=(data.limit_train=4096 data.limit_eval=1000 schedule.epochs=2 model.init_images=1000)
+else
+  DEVICE=cuda BACKEND=nccl SEEDS=5 QUICK=(data.limit_train=4096) SPEED=()
+fi
 
 T0=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 LOGS="$WORK/logs"
-mkdir -p "$LOGS"
+mkdir -p "$LOGS" "$OUT"
 trap 'rm -rf "$WORK"' EXIT
 SUMMARY=()
 FAILED=0
+PARTS="$WORK/parts.tsv"
+: > "$PARTS"
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( BUDGET - $(elapsed) - RESERVE )); }
 cap() { local limit=$1 rest; rest=$(left); (( rest < limit )) && limit=$rest; (( limit < 1 )) && limit=1; echo "$limit"; }
 note() { SUMMARY+=("$1"); }
-fail() { note "$1"; FAILED=$((FAILED + 1)); }
+part() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4//$'\t'/ }" >> "$PARTS"; }  # name, ok|failed|skipped, s, detail
+pass() { note "$1: ok, $3 ($2 s)"; part "$1" ok "$2" "$3"; }
+fail() { note "$1: FAILED, $3 ($2 s)"; part "$1" failed "$2" "$3"; FAILED=$((FAILED + 1)); }
+skip() { note "$1: skipped, $2"; part "$1" skipped 0 "$2"; }
 banner() { printf '\n=== %s (%d s elapsed) ===\n' "$1" "$(elapsed)"; }
 run_logged() { local log=$1; shift; "$@" 2>&1 | tee "$log"; return "${PIPESTATUS[0]}"; }
 seconds_since() { echo $(( $(date +%s) - $1 )); }
 first_error() { grep -E '^([A-Za-z_.]*(Error|Exception)\b|reprocls: error)' "$1" | head -1; }
 command -v timeout >/dev/null || timeout() { shift; "$@"; }
 
-write_out() {
+write_out() {  # the text block for docs/benchmarks.md, gpu_check.json, the logs and the recipe's results
   local block
   block=$(printf '%s\n' "${SUMMARY[@]}")
   printf '\n=== gpu_check summary (for docs/benchmarks.md) ===\n%s\n' "$block"
-  if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT/gpu_check"
-    printf '%s\n' "$block" > "$OUT/gpu_check.txt"
-    cp -r "$LOGS" "$OUT/gpu_check/" 2>/dev/null
-    for name in results.json metrics.jsonl; do
-      found=$(find "$WORK/recipe" -name "$name" 2>/dev/null | head -1)
-      [ -n "$found" ] && cp "$found" "$OUT/gpu_check/recipe_$name"
-    done
-  fi
+  printf '%s\n' "$block" > "$OUT/gpu_check.txt"
+  rm -rf "$OUT/logs" && cp -r "$LOGS" "$OUT/logs" 2>/dev/null
+  for name in results.json reproduction.json; do
+    found=$(find "$WORK/speedrun" "$WORK/reproduce" -name "$name" 2>/dev/null | head -1)
+    [ -n "$found" ] && cp "$found" "$OUT/speedrun_$name"
+  done
+  "$PY" - "$PARTS" "$OUT" "$DRY" "$(elapsed)" "${MACHINE:-unknown}" <<'PYTHON'
+import csv, json, os, sys
+
+parts_file, out, dry, total, machine = sys.argv[1:6]
+parts = [{"part": name, "status": status, "seconds": int(seconds), "detail": detail}
+         for name, status, seconds, detail in csv.reader(open(parts_file), delimiter="\t", quoting=csv.QUOTE_NONE)]
+summary = {"machine": machine, "dry_run": dry == "1", "total_s": int(total), "parts": parts,
+           "failed": sum(p["status"] == "failed" for p in parts)}
+results = os.path.join(out, "speedrun_results.json")
+if os.path.exists(results):
+    r = json.load(open(results))
+    tta = r.get("test_tta") or {}
+    best = max(r["test"]["top1"], tta.get("top1", 0.0))
+    summary["speedrun"] = {"test_top1": r["test"]["top1"], "test_tta_top1": tta.get("top1"), "tta": tta.get("mode"),
+                           "train_time_s": r["train_time_s"], "images_per_s": r["images_per_s"],
+                           "reached_94": best >= 0.94}
+json.dump(summary, open(os.path.join(out, "gpu_check.json"), "w"), indent=1)
+print(f"summary: {os.path.join(out, 'gpu_check.json')}")
+PYTHON
 }
 
 finish() {
-  note "total: $(elapsed) s, $FAILED failed check(s)"
+  note "total: $(elapsed) s, $FAILED failed check(s)$( (( DRY )) && echo ', dry run on the CPU')"
   write_out
   exit $(( FAILED > 0 ? 1 : 0 ))
 }
 
+stop() {  # a prerequisite is missing: say which, write what we have, exit with its code
+  echo "gpu_check: $2" >&2
+  note "stopped in the preflight: $2"
+  part preflight failed "$(elapsed)" "$2"
+  write_out
+  exit "$1"
+}
+
 # ---------------------------------------------------------------------------------------------------- 1. preflight
-banner "1. preflight"
-if ! command -v "$PY" >/dev/null; then
-  echo "gpu_check: $PY not found; set PYTHON to the interpreter that has torch" >&2
-  exit 3
-fi
+banner "1. preflight$( (( DRY )) && echo ' (dry run: CPU, gloo, tiny sizes)')"
+command -v "$PY" >/dev/null || { echo "gpu_check: $PY not found; set PYTHON to the interpreter that has torch" >&2; exit 3; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 MACHINE_FILE="$WORK/machine.txt" run_logged "$LOGS/preflight.log" "$PY" - <<'PYTHON'
 import importlib, os, platform, sys
@@ -139,28 +180,17 @@ if missing:
 PYTHON
 status=$?
 MACHINE=$(cat "$WORK/machine.txt" 2>/dev/null)
-if (( status != 0 )); then
-  SUMMARY=("machine: ${MACHINE:-unknown}" "preflight: FAILED. $(grep -E '^gpu_check: ' "$LOGS/preflight.log" | tail -1)")
-  write_out
-  exit 3
-fi
+(( status != 0 )) && stop 3 "$(grep -E '^gpu_check: ' "$LOGS/preflight.log" | tail -1 | sed 's/^gpu_check: //')"
 note "machine: $MACHINE"
-if "$PY" -c "import pytest" 2>/dev/null; then HAVE_PYTEST=1; else HAVE_PYTEST=0; echo "pytest missing: tests/test_cuda.py runs through the fallback runner"; fi
-
-HAVE_DATA=1
 for name in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
-  [ -f ".data/FashionMNIST/raw/$name" ] || [ -f ".data/FashionMNIST/raw/$name.gz" ] || HAVE_DATA=0
+  [ -f ".data/FashionMNIST/raw/$name" ] || [ -f ".data/FashionMNIST/raw/$name.gz" ] || \
+    { (( DRY )) && [ -f "/usr/share/datasets/fashion-mnist/$name.gz" ]; } || stop 3 \
+    "Fashion-MNIST is missing from .data/FashionMNIST/raw/ ($name): create it on the CPU machine (make data; .venv/bin/reprocls data stats fashion_mnist) and pass carry [\".data\"]"
 done
-if (( HAVE_DATA )); then
-  echo "Fashion-MNIST: .data/FashionMNIST/raw/ present"
-else
-  echo "gpu_check: Fashion-MNIST is missing from .data/FashionMNIST/raw/, so steps 4 and 6 cannot run. Create it on the" \
-       "CPU machine (make data; .venv/bin/reprocls data stats fashion_mnist) and pass carry [\".data\"]." >&2
-fi
-
-# --------------------------------------------------------------------------------------------------------- 2. CUDA
-banner "2. CUDA"
-CUDA_MESSAGE=$("$PY" - 2>&1 <<'PYTHON'
+[ -f "$RECIPE" ] || stop 3 "the speed-run recipe $RECIPE is missing from this checkout"
+"$PY" -c "import torch.distributed.run" 2>/dev/null || stop 3 "torch.distributed.run (torchrun) does not import"
+if (( ! DRY )); then
+  CUDA_MESSAGE=$("$PY" - 2>&1 <<'PYTHON'
 import sys
 import torch
 
@@ -170,29 +200,25 @@ if torch.cuda.is_available():
 reason = ("this torch is a CPU-only build (torch.version.cuda is None)" if torch.version.cuda is None
           else f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but sees no usable GPU (no device, "
                "no driver, or CUDA_VISIBLE_DEVICES hides it)")
-print(f"CUDA is not available: {reason}. This script checks the GPU paths and needs a CUDA machine; "
-      "on a CPU machine run the test suite instead.")
+print(f"CUDA is not available: {reason}; on a CPU machine run `bash benchmarks/gpu_check.sh --dry-run` instead")
 sys.exit(4)
 PYTHON
 )
-status=$?
-if (( status != 0 )); then
-  echo "gpu_check: $CUDA_MESSAGE" >&2
-  note "cuda: stopped after the preflight. ${CUDA_MESSAGE##*$'\n'}"
-  write_out
-  exit 4
+  (( $? != 0 )) && stop 4 "${CUDA_MESSAGE##*$'\n'}"
+  echo "$CUDA_MESSAGE"
 fi
-echo "$CUDA_MESSAGE"
+if "$PY" -c "import pytest" 2>/dev/null; then HAVE_PYTEST=1; else HAVE_PYTEST=0; echo "pytest missing: tests/test_cuda.py runs through the fallback runner"; fi
+part preflight ok "$(elapsed)" "$MACHINE"
 
-# ------------------------------------------------------------------------------------------------------- 3. tests
-banner "3. tests/test_cuda.py"
+# ------------------------------------------------------------------------------------------------------- 2. tests
+banner "2. tests/test_cuda.py"
 start=$(date +%s)
 if (( HAVE_PYTEST )); then
-  run_logged "$LOGS/test_cuda.log" timeout "$(cap 240)" "$PY" -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py
+  run_logged "$LOGS/test_cuda.log" timeout "$(cap 150)" "$PY" -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py
   status=$?
   result=$(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$LOGS/test_cuda.log" | tail -1 | sed 's/=//g; s/^ *//; s/ *$//')
 else
-  run_logged "$LOGS/test_cuda.log" timeout "$(cap 240)" "$PY" - <<'PYTHON'
+  run_logged "$LOGS/test_cuda.log" timeout "$(cap 150)" "$PY" - <<'PYTHON'
 import importlib.util, sys, time, traceback, types
 
 sys.path[:0] = ["src", "tests"]
@@ -224,38 +250,32 @@ PYTHON
   result=$(grep -E '^[0-9]+ (passed|skipped)' "$LOGS/test_cuda.log" | tail -1)
 fi
 took=$(seconds_since "$start")
-if (( status == 0 )) && [[ "$result" != *skipped* ]] && [[ "$result" == *passed* ]]; then
-  note "tests/test_cuda.py: ok, $result ($took s)"
-elif (( status == 124 )); then
-  fail "tests/test_cuda.py: FAILED, timed out after $took s"
+if (( status == 124 )); then
+  fail "tests/test_cuda.py" "$took" "timed out"
+elif (( status == 0 )) && [[ "$result" == *passed* ]] && [[ "$result" != *skipped* ]]; then
+  pass "tests/test_cuda.py" "$took" "$result"
+elif (( status == 0 && DRY )) && [[ "$result" == *skipped* ]]; then
+  pass "tests/test_cuda.py" "$took" "$result (dry run: they need CUDA)"
 else
-  fail "tests/test_cuda.py: FAILED (exit $status): ${result:-no result line} ($took s)"
+  fail "tests/test_cuda.py" "$took" "exit $status: ${result:-no result line}"
 fi
 
-# --------------------------------------------------------------------------------------- 4. torchrun, one process
-banner "4. torchrun, one process: reprocls train configs/quickstart.yaml on 4,096 images, 1 epoch, accum_steps 2"
-if (( HAVE_DATA )); then
-  start=$(date +%s)
-  run_logged "$LOGS/torchrun_quickstart.log" timeout "$(cap 180)" "$PY" -m torch.distributed.run --standalone \
-    --nproc_per_node=1 -m reprocls train -q configs/quickstart.yaml data.limit_train=4096 schedule.epochs=1 \
-    train.accum_steps=2 train.device=cuda output_dir="$WORK/torchrun" name=torchrun_quickstart
-  status=$?
-  took=$(seconds_since "$start")
-  results=$(find "$WORK/torchrun" -name results.json 2>/dev/null | head -1)
-  if (( status == 0 )) && [ -n "$results" ]; then
-    line=$("$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); print(f\"test top-1 {100 * r['test']['top1']:.2f} %, {r['images_per_s']:,.0f} img/s, {r['precision']}, channels_last {r['channels_last']}\")" "$results")
-    note "torchrun 1 process (NCCL, DDP), quickstart 4,096 images x 1 epoch, accum_steps 2: ok, results.json written; $line ($took s)"
-  elif (( status == 0 )); then
-    fail "torchrun 1 process, quickstart: FAILED, exit 0 but no results.json under $WORK/torchrun ($took s)"
-  else
-    fail "torchrun 1 process, quickstart: FAILED (exit $status, $([ -n "$results" ] && echo 'results.json written' || echo 'no results.json')): $(first_error "$LOGS/torchrun_quickstart.log") ($took s)"
-  fi
+# ------------------------------------------------------------------------------------------ 3. torchrun, one process
+banner "3. torchrun, one $BACKEND process: the quickstart through reprocls train, then the engine's DDP path"
+start=$(date +%s)
+run_logged "$LOGS/torchrun_quickstart.log" timeout "$(cap 120)" "$PY" -m torch.distributed.run --standalone \
+  --nproc_per_node=1 -m reprocls train -q configs/quickstart.yaml "${QUICK[@]}" schedule.epochs=1 \
+  train.accum_steps=2 train.device=$DEVICE output_dir="$WORK/torchrun" name=torchrun_quickstart
+status=$?
+took=$(seconds_since "$start")
+results=$(find "$WORK/torchrun" -name results.json 2>/dev/null | head -1)
+if (( status == 0 )) && [ -n "$results" ]; then
+  line=$("$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); print(f\"test top-1 {100 * r['test']['top1']:.2f} %, {r['images_per_s']:,.0f} img/s, {r['precision']}, channels_last {r['channels_last']}\")" "$results")
+  pass "torchrun quickstart, 1 process ($BACKEND, DDP, accum 2)" "$took" "results.json written; $line"
 else
-  fail "torchrun 1 process, quickstart: NOT RUN, Fashion-MNIST missing from .data/FashionMNIST/raw/"
+  fail "torchrun quickstart, 1 process ($BACKEND)" "$took" "exit $status, $([ -n "$results" ] && echo 'results.json written' || echo 'no results.json'): $(first_error "$LOGS/torchrun_quickstart.log")"
 fi
 
-# ---------------------------------------------------------------------------------------------- 5. DDP over NCCL
-banner "5. DDP over NCCL through the engine (torchrun, one process)"
 cat > "$WORK/ddp_engine_check.py" <<'PYTHON'
 """Under torchrun: DistributedDataParallel ResNet-20 through train_one_epoch (2-way accumulation) and evaluate."""
 
@@ -318,78 +338,79 @@ dist.destroy_process_group()
 sys.exit(1 if problems else 0)
 PYTHON
 start=$(date +%s)
-run_logged "$LOGS/ddp_engine.log" timeout "$(cap 150)" "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
-  "$WORK/ddp_engine_check.py" nccl
+run_logged "$LOGS/ddp_engine.log" timeout "$(cap 90)" "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
+  "$WORK/ddp_engine_check.py" "$BACKEND"
 status=$?
 took=$(seconds_since "$start")
 detail=$(grep -E '^backend ' "$LOGS/ddp_engine.log" | tail -1)
 if (( status == 0 )) && grep -q '^ddp engine check: ok' "$LOGS/ddp_engine.log"; then
-  note "DDP over NCCL, 1 process, engine train (accum 2) + evaluate: ok; $detail ($took s)"
+  pass "DDP engine check, 1 process ($BACKEND)" "$took" "$detail"
 else
   verdict=$(grep -E '^ddp engine check' "$LOGS/ddp_engine.log" | tail -1)
-  fail "DDP over NCCL, 1 process: FAILED (exit $status): ${verdict:-$(first_error "$LOGS/ddp_engine.log")} ($took s)"
+  fail "DDP engine check, 1 process ($BACKEND)" "$took" "exit $status: ${verdict:-$(first_error "$LOGS/ddp_engine.log")}"
 fi
 
-# ------------------------------------------------------------------------------------------- 6. the full recipe
-RECIPE=configs/fashion_mnist/resnet20.yaml
-banner "6. $RECIPE on the GPU, $EPOCHS epoch(s)"
-OVERRIDES=(train.device=cuda output_dir="$WORK/recipe")
-[ "$EPOCHS" != 30 ] && OVERRIDES+=("schedule.epochs=$EPOCHS")
-if (( ! HAVE_DATA )); then
-  fail "recipe $RECIPE: NOT RUN, Fashion-MNIST missing from .data/FashionMNIST/raw/"
-elif (( $(left) < 60 )); then
-  fail "recipe $RECIPE: NOT RUN, only $(left) s of the ${BUDGET} s budget left"
+# ----------------------------------------------------------------------------------------------- 4. the speed run
+banner "4. $RECIPE on $DEVICE, data held on the device"
+if (( $(left) < 30 )); then
+  skip "speed run" "only $(left) s of the $BUDGET s budget left"
 else
-  limit=$(left)
-  echo "time limit ${limit} s: $PY -m reprocls train -q $RECIPE ${OVERRIDES[*]}"
-  start=$(date +%s.%N)
-  run_logged "$LOGS/recipe.log" timeout "$limit" "$PY" -m reprocls train -q "$RECIPE" "${OVERRIDES[@]}"
+  start=$(date +%s)
+  run_logged "$LOGS/speedrun.log" timeout "$(left)" "$PY" -m reprocls train -q "$RECIPE" train.device=$DEVICE \
+    "${SPEED[@]}" output_dir="$WORK/speedrun" name=speedrun
   status=$?
-  wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
-  results=$(find "$WORK/recipe" -name results.json 2>/dev/null | head -1)
+  took=$(seconds_since "$start")
+  results=$(find "$WORK/speedrun" -name results.json 2>/dev/null | head -1)
   if (( status == 0 )) && [ -n "$results" ]; then
-    line=$("$PY" - "$results" "$wall" "$EPOCHS" "$RECIPE" <<'PYTHON'
-import json
-import sys
+    line=$("$PY" - "$results" <<'PYTHON'
+import json, sys
 
-path, wall, epochs, recipe = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-r = json.load(open(path))
-val = f"{100 * r['val']['top1']:.2f} %" if r.get("val") else "n/a"
-setting = f"{r['precision']}{' + channels_last' if r['channels_last'] else ''}"
-reference = r.get("reference") or {}
-print(f"recipe {recipe}, {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''}, {setting}, data on the GPU: test top-1 {100 * r['test']['top1']:.2f} %, "
-      f"val top-1 {val}, train {r['images_per_s']:,.0f} img/s, train time {r['train_time_s']:.0f} s, "
-      f"wall {r['wall_time_s']:.0f} s in results.json ({wall:.0f} s with process start)"
-      + (f", {reference['verdict']}" if reference else ""))
-override = "" if epochs == 30 else f" schedule.epochs={epochs}"
-print(f"| `{recipe}` on 1 GPU ({setting}) | {r['epochs']} | **{100 * r['test']['top1']:.2f} %** | {val} | "
-      f"{r['images_per_s']:,.0f} | **{r['wall_time_s']:.0f} s** | `reprocls train {recipe} train.device=cuda{override}` |")
+r = json.load(open(sys.argv[1]))
+tta = r.get("test_tta") or {}
+best = max(r["test"]["top1"], tta.get("top1", 0.0))
+print(f"{r['epochs']} epochs, {r['precision']}: test top-1 {100 * r['test']['top1']:.2f} %"
+      + (f", {tta['mode']} TTA {100 * tta['top1']:.2f} %" if tta else "")
+      + f", train {r['images_per_s']:,.0f} img/s, train time {r['train_time_s']:.1f} s, "
+      + ("reached 94 %" if best >= 0.94 else "below 94 %"))
 PYTHON
 )
-    while IFS= read -r text; do note "$text"; done <<< "$line"
+    pass "speed run" "$took" "$line"
   elif (( status == 124 )); then
-    fail "recipe $RECIPE: FAILED, killed at the ${limit} s limit after $(grep -c '^epoch' "$LOGS/recipe.log") epoch(s); rerun with GPU_CHECK_EPOCHS=10"
+    fail "speed run" "$took" "killed at the budget after $(grep -c '^epoch' "$LOGS/speedrun.log") epoch(s)"
   else
-    fail "recipe $RECIPE: FAILED (exit $status) after ${wall} s: $(first_error "$LOGS/recipe.log")"
+    fail "speed run" "$took" "exit $status: $(first_error "$LOGS/speedrun.log")"
   fi
 fi
 
-# --------------------------------------------------------------------------- 7. precision throughput, if time is left
+# ------------------------------------------------------------------------------------ 5. the speed run over seeds
+if (( $(left) >= 200 || DRY )); then
+  banner "5. reprocls reproduce $RECIPE --seeds $SEEDS"
+  start=$(date +%s)
+  run_logged "$LOGS/reproduce.log" timeout "$(cap 400)" "$PY" -m reprocls reproduce "$RECIPE" --seeds "$SEEDS" \
+    --out "$WORK/reproduce" train.device=$DEVICE "${SPEED[@]}"
+  status=$?
+  took=$(seconds_since "$start")
+  summary=$(grep -iE 'verdict|mean' "$LOGS/reproduce.log" | tail -2 | tr '\n' ' ')
+  if (( status == 0 )); then pass "reproduce, $SEEDS seeds" "$took" "$summary"
+  else fail "reproduce, $SEEDS seeds" "$took" "exit $status: $(first_error "$LOGS/reproduce.log")"; fi
+else
+  skip "reproduce, $SEEDS seeds" "$(left) s left, needs 200"
+fi
+
+# --------------------------------------------------------------------------- 6. precision throughput, if time is left
 remaining=$(left)
-if (( remaining >= 90 )); then
-  banner "7. benchmarks/precision_throughput.py --device cuda (informational)"
+if (( remaining >= 90 && ! DRY )); then
+  banner "6. benchmarks/precision_throughput.py --device cuda (informational)"
   flags=(--device cuda --steps 50 --rounds 5)
   (( remaining < 240 )) && flags+=(--no-compile)
+  start=$(date +%s)
   run_logged "$LOGS/precision_throughput.log" timeout "$(cap 200)" "$PY" benchmarks/precision_throughput.py "${flags[@]}"
   status=$?
-  if (( status == 0 )); then
-    note "precision_throughput.py ${flags[*]} (synthetic input, median of rounds):"
-  else
-    note "precision_throughput.py ${flags[*]}: did not finish (exit $status; informational, not counted as a failure); what it printed:"
-  fi
+  part "precision throughput (informational)" "$( (( status == 0 )) && echo ok || echo skipped)" "$(seconds_since "$start")" "exit $status"
+  note "precision_throughput.py ${flags[*]} (exit $status; informational):"
   while IFS= read -r text; do note "$text"; done < <(grep -E '^\||^torch.compile|^eager' "$LOGS/precision_throughput.log")
 else
-  note "precision_throughput.py: skipped, $remaining s left"
+  skip "precision throughput (informational)" "$( (( DRY )) && echo 'dry run' || echo "$remaining s left")"
 fi
 
 finish

@@ -30,19 +30,22 @@ from reprocls.engine import (OPTIMIZERS, SCHEDULERS, Trainee, TrainSettings, bui
 from reprocls.engine.distributed import World
 from reprocls.engine.ema import create_ema
 from reprocls.models import MODELS, create_model, warn_if_input_too_small
+from reprocls.models._init import INITS, NO_INIT
 from reprocls.models._stages import Stage, model_stages
 from reprocls.models._weights import WeightsReport, weights_preprocessing
 from reprocls.registry import Registry, suggest
 
 # The registries a recipe key picks from, by the kind its schema field names (config.opt(members=...)).
-REGISTRIES: dict[str, Registry] = {registry.kind: registry for registry in (MODELS, DATASETS, SCHEDULERS, OPTIMIZERS, POLICIES)}
+REGISTRIES: dict[str, Registry] = {registry.kind: registry for registry in (MODELS, DATASETS, SCHEDULERS, OPTIMIZERS, POLICIES,
+                                                                                       INITS)}
 NO_POLICY = "none"
 
 
 def members(kind: str) -> list[str]:
     """The names a registry-backed key accepts now (what `reprocls config` lists beside the key)."""
     names = REGISTRIES[kind].names()
-    return [NO_POLICY, *names] if kind == POLICIES.kind else names
+    none = {POLICIES.kind: NO_POLICY, INITS.kind: NO_INIT}.get(kind)
+    return [none, *names] if none else names
 
 
 class DataShape(Protocol):
@@ -187,6 +190,7 @@ class Session:
     model: nn.Module
     weights: WeightsReport | None = None
     preprocessing: Preprocessing | None = None
+    init: str | None = None  # what model.init did, for the log
 
 
 def pretrained_preprocessing(config: RunConfig) -> Preprocessing | None:
@@ -210,10 +214,31 @@ def prepare(config: RunConfig, device: torch.device | None = None) -> Session:
     preprocessing = pretrained_preprocessing(config)
     splits = load_dataset(config.data, config.seed, preprocessing)
     model = build_model(config, splits)
+    init = initialise_from_data(config, splits, model)
     channels_last = resolve_channels_last(config.train.channels_last, model)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return Session(device, resolve_precision(config.train.precision, device), channels_last, splits, model,
-                   getattr(model, "weights_report", None), preprocessing)
+                   getattr(model, "weights_report", None), preprocessing, init)
+
+
+def initialise_from_data(config: RunConfig, splits: DatasetSplits, model: nn.Module) -> str | None:
+    """model.init on the first model.init_images training images, normalised as the model will see them."""
+    if config.model.init == NO_INIT:
+        return None
+    if config.model.weights is not None:
+        raise ConfigError(f"model.init: {config.model.init} and model.weights both set the weights; the weights file "
+                          "already initialises the model, so set model.init: none")
+    images = getattr(splits.train, "images", None)
+    if images is None:
+        raise ConfigError(f"model.init: {config.model.init} looks at training images held in memory; "
+                          f"{config.data.name} is read from files here, so set data.in_memory: yes or model.init: none")
+    sample = images[:config.model.init_images].float().div(255)
+    mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
+    std = torch.tensor(splits.std).view(1, -1, 1, 1)
+    try:
+        return INITS.get(config.model.init)(model, (sample - mean) / std)
+    except ValueError as error:
+        raise ConfigError(f"model.init: {config.model.init} does not fit {config.model.name}: {error}") from None
 
 
 def lr_plan(config: RunConfig, world: World) -> dict[str, Any]:

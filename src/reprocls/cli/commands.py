@@ -188,9 +188,45 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_shard(args: argparse.Namespace) -> int:
+    from reprocls.data import load_dataset
+    from reprocls.data.shards import write_shards
+    from reprocls.progress import Progress
+    from reprocls.recipe import check_names
+
+    folder = Path(args.source).expanduser()
+    chosen = ["data.name=image_folder", f"data.root={folder}"] if folder.is_dir() or "/" in args.source \
+        else [f"data.name={args.source}"]
+    config = load_config(None, chosen + list(args.overrides))
+    check_names(config)
+    splits = load_dataset(config.data, config.seed)
+    bars: dict[str, Progress] = {}
+
+    def progress(part: str, done: int, total: int) -> None:
+        bar = bars.get(part) or bars.setdefault(part, Progress(total, f"shard {part}", enabled=not args.quiet))
+        bar.update(1)
+        if done == total:
+            bar.close()
+
+    manifest = write_shards(splits, Path(args.out), args.source, chunk_bytes=args.chunk_bytes, progress=progress)
+    for part, info in manifest["splits"].items():
+        print(f"{part}: {info['count']:,} images in {len(info['chunk_sizes'])} chunk(s)")
+    print(f"shards of {args.source} in {args.out}; train from them with data.name=shards data.root={args.out}")
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from reprocls.data.check import check_folder
+    from reprocls.data.shards import MANIFEST, check_shards, is_remote
 
+    if is_remote(args.path) or (Path(args.path) / MANIFEST).is_file():
+        bad = check_shards(args.path, workers=args.workers)
+        if args.json:
+            print(json.dumps({"undecodable": bad}, indent=2))
+        else:
+            print(f"{args.path}: {len(bad)} undecodable sample(s)" + "".join(f"\n  {b['split']} {b['index']} {b['key']}: "
+                                                                       f"{b['error']}" for b in bad[:args.show]))
+        return 1 if bad else 0
     report = check_folder(args.path, splits_file=args.splits, workers=args.workers, show_progress=not args.quiet)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(show=args.show))
     return 1 if report.errors else 0

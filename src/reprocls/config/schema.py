@@ -37,6 +37,10 @@ class ModelConfig:
     weights: str | None = opt(None, "weights to start from: a torchvision/timm state dict (.pth/.pt, .safetensors) or a "
                               "reprocls run folder; a classifier of another class count is re-initialised, a first "
                               "conv of another channel count adapted")
+    init: str = opt("none", "data-dependent initialisation from training images before the first step (whitening: "
+                    "the stem becomes their patch whitening, Page 2018); none: the builder's own", members="init")
+    init_images: int = opt(5000, "model.init: how many training images it looks at", check=lambda v: 1 <= v <= 1_000_000,
+                           rule="in [1, 1000000]")
     freeze: str | int = opt("none", "none; backbone (only the classifier trains: a linear probe); or N: the first N "
                             "stages, as `reprocls train` lists them (frozen layers also keep their BatchNorm statistics)")
     module: str | None = opt(None, "a Python file (my_models.py) or module (my_pkg.models) imported first, so the "
@@ -122,6 +126,11 @@ class OptimConfig:
     weight_decay: float = opt(5e-4, "L2 / decoupled weight decay", check=lambda v: 0 <= v <= 10, rule="in [0, 10]")
     decay_norm_and_bias: bool = opt(False, "also decay norm weights and biases (most papers do not)")
     head_lr_factor: float = opt(1.0, "the classifier's lr as a multiple of optim.lr (fine-tuning: often 10)", **positive)
+    lookahead_k: int | None = opt(None, "Lookahead around the optimizer (Zhang et al. 2019): every k steps the slow "
+                                  "weights move lookahead_alpha of the way to the fast ones (null: off)",
+                                  check=lambda v: 1 <= v <= 1000, rule="in [1, 1000]")
+    lookahead_alpha: float = opt(0.5, "Lookahead: share of the way the slow weights move at each sync",
+                                 check=lambda v: 0 < v <= 1, rule="in (0, 1]")
     layer_decay: float | None = opt(None, "layer-wise lr decay: stage i of S trains at lr x layer_decay^(S - i), the "
                                     "head at lr (Clark et al. 2020); null: off", check=lambda v: 0 < v <= 1, rule="in (0, 1]")
 

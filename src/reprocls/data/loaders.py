@@ -15,8 +15,9 @@ from reprocls.data.augment import (BatchMix, ErasePlan, apply_per_image, build_p
                                    erase_params)
 from reprocls.data.datasets import DatasetSplits, FileSplit, Split, TensorSplit
 from reprocls.data.images import to_mode
-from reprocls.data.samplers import (EpochSampler, ShardSampler, balanced_weights, epoch_order, global_batches,
-                                    shard_indices)
+from reprocls.data.samplers import (CoveringBatchSampler, EpochSampler, ShardSampler, balanced_weights, epoch_order,
+                                    global_batches, shard_indices)
+from reprocls.data.shards import ShardSplit
 from reprocls.data.transforms import eval_transform, resolve_preset, train_transform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -155,6 +156,28 @@ class FileDataset(Dataset):
             return self.transform(image), label
 
 
+class ShardDataset(Dataset):
+    """Decodes one sample of a litdata shard per item and applies a v2 transform."""
+
+    def __init__(self, split: ShardSplit, transform, mode: str) -> None:
+        self.split, self.transform, self.mode = split, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
+        index, position = (key[0], key[1:]) if isinstance(key, tuple) else (key, None)
+        try:
+            image, _ = self.split.decode(index)
+            image = to_mode(image, 1 if self.mode == "L" else 3)
+        except ValueError as error:
+            raise BadImageError(f"{error} {BadImageError.MARKER}; the last checkpoint is intact. Run `reprocls data "
+                                "check` on the shards to list every such sample, then shard the source again "
+                                "without them and continue with --resume auto") from None
+        with batch_rng(*position) if position else contextlib.nullcontext():
+            return self.transform(image), int(self.split.labels_at(index))
+
+
 class TransformedTensorDataset(Dataset):
     """An in-memory split served one image at a time through v2 transforms (the classic per-sample pipeline)."""
 
@@ -184,6 +207,8 @@ class DeviceLoader:
         self.epoch, self.start = epoch, start
         if isinstance(self.loader.sampler, EpochSampler):
             self.loader.sampler.set_epoch(epoch, start=start * (self.loader.batch_size or 1))
+        if isinstance(self.loader.batch_sampler, CoveringBatchSampler):
+            self.loader.batch_sampler.set_epoch(epoch, start=start)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -238,10 +263,21 @@ def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train:
         transform = train_transform(preset, augment=data.augment, **common)
     else:
         transform = eval_transform(preset, crop_fraction=splits.crop_fraction, **common)
+    mode = "L" if splits.in_chans == 1 else "RGB"
     if isinstance(split, FileSplit):
-        dataset: Dataset = FileDataset(split, transform, "L" if splits.in_chans == 1 else "RGB")
+        dataset: Dataset = FileDataset(split, transform, mode)
+    elif isinstance(split, ShardSplit):
+        dataset = ShardDataset(split, transform, mode)
     else:
         dataset = TransformedTensorDataset(split, transform)
+    generator = torch.Generator().manual_seed(seed)
+    if train and isinstance(split, ShardSplit) and weights is None and data.augment.repeats == 1:
+        batches = CoveringBatchSampler(len(dataset), batch_size=data.batch_size, seed=seed, micro_batches=micro_batches,
+                                       chunks=split.chunk_of(), **shard)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=data.workers, generator=generator,
+                            pin_memory=device.type == "cuda", persistent_workers=data.workers > 0)
+        mix = BatchMix.from_config(data.augment, splits.num_classes) if preset != "none" else None
+        return DeviceLoader(loader, device, channels_last=channels_last, seed=seed, mix=mix, rank=rank)
     if train:
         sampler: Sampler[int] | None = EpochSampler(len(dataset), batch_size=data.batch_size, seed=seed,
                                                     repeats=data.augment.repeats, weights=weights, **shard)
@@ -249,7 +285,6 @@ def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train:
     else:
         sampler = ShardSampler(len(dataset), **shard) if world_size > 1 else None
         batch_size = data.eval_batch_size
-    generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=data.workers,
                         generator=generator, pin_memory=device.type == "cuda", persistent_workers=data.workers > 0)
     mix = BatchMix.from_config(data.augment, splits.num_classes) if train and preset != "none" else None

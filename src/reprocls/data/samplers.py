@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -82,3 +83,67 @@ class ShardSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices.tolist())
+
+
+def covering_order(n: int, seed: int, epoch: int, chunks: np.ndarray | None = None, window: int = 4) -> torch.Tensor:
+    """A permutation of n samples that depends only on (seed, epoch), never on the process count. With each
+    sample's chunk given, chunks are shuffled and samples shuffled within each run of `window` consecutive chunks,
+    so readers of remote shards hold a few chunks at a time instead of all of them."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if chunks is None or len(chunks) == 0:
+        return torch.randperm(n, generator=generator)
+    chunk_ids = torch.as_tensor(np.asarray(chunks), dtype=torch.long)
+    count = int(chunk_ids.max()) + 1
+    place = torch.empty(count, dtype=torch.long)
+    place[torch.randperm(count, generator=generator)] = torch.arange(count)
+    key = (place[chunk_ids] // window).double() + torch.rand(n, generator=generator, dtype=torch.float64)
+    return torch.argsort(key, stable=True)
+
+
+def covering_steps(n: int, global_batch: int) -> list[tuple[int, int]]:
+    """(start, end) in the epoch order of each optimizer step: full global batches, the last one also taking the
+    remainder (at most global_batch - 1 more images), so every image is in exactly one step."""
+    steps = max(n // global_batch, 1)
+    return [(k * global_batch, (k + 1) * global_batch if k < steps - 1 else n) for k in range(steps)]
+
+
+def even_parts(start: int, end: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) cut into `parts` contiguous pieces whose sizes differ by at most one."""
+    size = end - start
+    return [(start + size * i // parts, start + size * (i + 1) // parts) for i in range(parts)]
+
+
+class CoveringBatchSampler(Sampler[list[tuple[int, int, int, int]]]):
+    """Micro-batches of this rank for sharded data: every image exactly once per epoch summed over processes.
+
+    The epoch order is covering_order (the same for any process count); step k is its k-th block of the effective
+    batch (the last block takes the remainder); rank r takes the r-th of world_size even pieces of each block, cut
+    into micro_batches even pieces. So with the same effective batch, a step trains on the same images for any
+    process count. Items are (index, seed, epoch, position in the order), as EpochSampler's.
+    """
+
+    def __init__(self, n: int, *, batch_size: int, seed: int, micro_batches: int = 1, rank: int = 0,
+                 world_size: int = 1, chunks: np.ndarray | None = None, window: int = 4) -> None:
+        if n < world_size * micro_batches:
+            raise ValueError(f"{n} training images cannot give each of {world_size} process(es) {micro_batches} "
+                             "micro-batch(es)")
+        self.n, self.batch_size, self.seed, self.micro = n, batch_size, seed, micro_batches
+        self.rank, self.world_size, self.chunks, self.window = rank, world_size, chunks, window
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to draw, skipping its first `start` micro-batches (a resumed epoch)."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return len(covering_steps(self.n, self.batch_size * self.world_size)) * self.micro
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
+        order = covering_order(self.n, self.seed, self.epoch, self.chunks, self.window).tolist()
+        count = 0
+        for start, end in covering_steps(self.n, self.batch_size * self.world_size):
+            mine = even_parts(start, end, self.world_size)[self.rank]
+            for low, high in even_parts(*mine, self.micro):
+                if count >= self.start:
+                    yield [(order[p], self.seed, self.epoch, p) for p in range(low, high)]
+                count += 1

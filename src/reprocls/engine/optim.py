@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim import lr_scheduler as sched
 
 from reprocls.config import ConfigError, OptimConfig, ScheduleConfig
+from reprocls.engine.lookahead import Lookahead
 from reprocls.registry import Registry
 
 
@@ -63,6 +64,8 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float,
     optimizer = OPTIMIZERS.get(optim.name)(groups, lr, optim)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+    if optim.lookahead_k is not None:
+        return Lookahead(optimizer, optim.lookahead_k, optim.lookahead_alpha)
     return optimizer
 
 

@@ -36,7 +36,8 @@ DEFAULT_SEEDS = 3
 def seed_metrics(results: dict[str, Any]) -> dict[str, float | None]:
     """The numbers averaged over seeds, from one run's results.json."""
     test, val = results["test"], results.get("val") or {}
-    return {"test_top1": test["top1"], "test_top5": test.get("top5"), "test_loss": test.get("loss"),
+    return {"test_top1": test["top1"], "test_tta_top1": (results.get("test_tta") or {}).get("top1"),
+            "test_top5": test.get("top5"), "test_loss": test.get("loss"),
             "val_top1": val.get("top1"), "train_time_s": results.get("train_time_s"),
             "images_per_s": results.get("images_per_s")}
 

@@ -171,6 +171,8 @@ def banner(config: RunConfig, session: Session) -> list[str]:
     lines += [f"  {note}" for note in record["notes"]]
     if session.weights is not None:
         lines.append(f"weights: {session.weights.summary()}")
+    if session.init is not None:
+        lines.append(f"init: {config.model.init}: {session.init}")
     lines.append(fine_tuning(config, session.model).text(session.model))
     skipped = session.splits.skipped
     if skipped:
@@ -299,6 +301,7 @@ def _train(config: RunConfig, world: World, device: torch.device | None, wall_st
             "binary": binary_results(config, splits, chosen_val, test) if splits.num_classes == 2 else None,
             "input": input_record(config, session),
             "weights": session.weights.to_dict() if session.weights is not None else None,
+            "init": session.init,
             "fine_tuning": {**tuning.record(model), "head_only_epochs": config.train.head_only_epochs},
         }
         if run is None:

@@ -16,6 +16,7 @@ from PIL import Image  # noqa: E402
 
 from reprocls import run_layout as layout  # noqa: E402
 from reprocls.data import DatasetSplits, FileSplit, TensorSplit  # noqa: E402
+from reprocls.data.shards import ShardSplit  # noqa: E402
 from reprocls.data.datasets import Split  # noqa: E402
 from reprocls.data.images import to_mode  # noqa: E402
 from reprocls.files import atomic_write_json  # noqa: E402
@@ -32,9 +33,12 @@ def raw_image(split: Split, index: int, channels: int, thumbnail: int = THUMBNAI
     if isinstance(split, TensorSplit):
         image = split.images[index]
         return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-    path, _ = split.samples[index]
-    with Image.open(path) as opened:
-        decoded = to_mode(opened, channels)
+    if isinstance(split, ShardSplit):
+        decoded = to_mode(split.decode(index)[0], channels)
+    else:
+        path, _ = split.samples[index]
+        with Image.open(path) as opened:
+            decoded = to_mode(opened, channels)
     decoded.thumbnail((thumbnail, thumbnail), Image.Resampling.LANCZOS)
     return np.asarray(decoded)
 
@@ -85,6 +89,8 @@ def write_mistakes(run_dir: Path, log: PredictionLog, splits: DatasetSplits, *, 
                                "predicted_name": splits.classes[mistake.predicted]}
         if isinstance(split, FileSplit):
             row["path"] = split.samples[mistake.index][0]
+        elif isinstance(split, ShardSplit):
+            row["path"] = split.sample(mistake.index)["key"]
         rows.append(row)
     payload = {"split": "test", "images": len(log.labels), "wrong": int(log.wrong().sum()),
                "ranked_by": "softmax probability of the predicted (wrong) class", "classes": splits.classes,

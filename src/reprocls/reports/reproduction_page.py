@@ -22,7 +22,8 @@ from reprocls.reports.plots import plot_class_bars, plot_validation_runs  # noqa
 from reprocls.reports.tables import ACCURACY_KEYS, format_metric, markdown_table  # noqa: E402
 
 # (key, label) of every statistic over seeds, read from each seed's results.json by the reproduction.
-METRICS = (("test_top1", "test top-1"), ("test_top5", "test top-5"), ("test_loss", "test loss"), ("val_top1", "val top-1"),
+METRICS = (("test_top1", "test top-1"), ("test_tta_top1", "test top-1, TTA"), ("test_top5", "test top-5"),
+           ("test_loss", "test loss"), ("val_top1", "val top-1"),
            ("train_time_s", "train time"), ("images_per_s", "img/s"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ACCURACY_KEYS = ("test_top1", "test_top5", "val_top1")
+ACCURACY_KEYS = ("test_top1", "test_tta_top1", "test_top5", "val_top1")
 
 
 def percent(value: float | None) -> str:
