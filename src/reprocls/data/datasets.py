@@ -123,18 +123,23 @@ def candidate_roots(data: DataConfig) -> list[Path]:
     return roots
 
 
-def _finish(name: str, data: DataConfig, seed: int, train: TensorSplit, test: TensorSplit, classes: list[str],
-            mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetSplits:
-    """Carve a stratified validation split from train and apply `limit_train`/`limit_eval`."""
-    train_idx, val_idx = carve_validation(train.labels.numpy(), data.val_fraction, seed)
-    val = train.subset(val_idx) if len(val_idx) else None
-    train = train.subset(train_idx)
-    check_limits(data.limit_train, data.limit_eval, len(classes))
+def limited(train: Any, val: Any, test: Any, data: DataConfig, seed: int, classes: int) -> tuple[Any, Any, Any]:
+    """Stratified subsets for data.limit_train / data.limit_eval, of any split with `labels` and `subset`."""
+    check_limits(data.limit_train, data.limit_eval, classes)
     if data.limit_train is not None:
         train = train.subset(stratified_subset(train.labels.numpy(), data.limit_train, seed))
     if data.limit_eval is not None:
         val = val.subset(stratified_subset(val.labels.numpy(), data.limit_eval, seed)) if val is not None else None
         test = test.subset(stratified_subset(test.labels.numpy(), data.limit_eval, seed))
+    return train, val, test
+
+
+def _finish(name: str, data: DataConfig, seed: int, train: TensorSplit, test: TensorSplit, classes: list[str],
+            mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetSplits:
+    """Carve a stratified validation split from train and apply `limit_train`/`limit_eval`."""
+    train_idx, val_idx = carve_validation(train.labels.numpy(), data.val_fraction, seed)
+    val = train.subset(val_idx) if len(val_idx) else None
+    train, val, test = limited(train.subset(train_idx), val, test, data, seed, len(classes))
     return DatasetSplits(name, classes, train.images.shape[1], train.images.shape[-1], mean, std, train, val, test,
                          native_size=train.images.shape[-1])
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from reprocls.config import AugmentConfig, ConfigError, DataConfig
 from reprocls.data.augment import (BatchMix, ErasePlan, apply_per_image, build_policy, crop_flip, crop_flip_params, erase,
@@ -270,22 +270,18 @@ def make_loader(split: Split, splits: DatasetSplits, data: DataConfig, *, train:
         dataset = ShardDataset(split, transform, mode)
     else:
         dataset = TransformedTensorDataset(split, transform)
-    generator = torch.Generator().manual_seed(seed)
     if train and isinstance(split, ShardSplit) and weights is None and data.augment.repeats == 1:
         batches = CoveringBatchSampler(len(dataset), batch_size=data.batch_size, seed=seed, micro_batches=micro_batches,
                                        chunks=split.chunk_of(), **shard)
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=data.workers, generator=generator,
-                            pin_memory=device.type == "cuda", persistent_workers=data.workers > 0)
-        mix = BatchMix.from_config(data.augment, splits.num_classes) if preset != "none" else None
-        return DeviceLoader(loader, device, channels_last=channels_last, seed=seed, mix=mix, rank=rank)
-    if train:
-        sampler: Sampler[int] | None = EpochSampler(len(dataset), batch_size=data.batch_size, seed=seed,
-                                                    repeats=data.augment.repeats, weights=weights, **shard)
-        batch_size = data.batch_size // micro_batches
+        order: dict[str, Any] = {"batch_sampler": batches}
+    elif train:
+        order = {"sampler": EpochSampler(len(dataset), batch_size=data.batch_size, seed=seed,
+                                         repeats=data.augment.repeats, weights=weights, **shard),
+                 "batch_size": data.batch_size // micro_batches, "drop_last": True}
     else:
-        sampler = ShardSampler(len(dataset), **shard) if world_size > 1 else None
-        batch_size = data.eval_batch_size
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=data.workers,
-                        generator=generator, pin_memory=device.type == "cuda", persistent_workers=data.workers > 0)
+        order = {"sampler": ShardSampler(len(dataset), **shard) if world_size > 1 else None,
+                 "batch_size": data.eval_batch_size}
+    loader = DataLoader(dataset, num_workers=data.workers, generator=torch.Generator().manual_seed(seed),
+                        pin_memory=device.type == "cuda", persistent_workers=data.workers > 0, **order)
     mix = BatchMix.from_config(data.augment, splits.num_classes) if train and preset != "none" else None
     return DeviceLoader(loader, device, channels_last=channels_last, seed=seed, mix=mix, rank=rank)

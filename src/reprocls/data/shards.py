@@ -26,8 +26,7 @@ import torch
 from PIL import Image
 
 from reprocls.config import ConfigError, DataConfig
-from reprocls.data.datasets import DATASETS, DatasetSplits, FileSplit, Split, TensorSplit
-from reprocls.data.splits import check_limits, stratified_subset
+from reprocls.data.datasets import DATASETS, DatasetSplits, FileSplit, Split, TensorSplit, limited
 from reprocls.files import atomic_write_json
 
 MANIFEST = "reprocls_shards.json"
@@ -212,12 +211,7 @@ def shards(data: DataConfig, seed: int) -> DatasetSplits:
     made = {name: ShardSplit(f"{root}/{name}", info["labels"], info["chunk_sizes"]) for name, info in parts.items()}
     train, val, test = made["train"], made.get("val"), made["test"]
     classes = manifest["classes"]
-    check_limits(data.limit_train, data.limit_eval, len(classes))
-    if data.limit_train is not None:
-        train = train.subset(stratified_subset(train.labels.numpy(), data.limit_train, seed))
-    if data.limit_eval is not None:
-        val = val.subset(stratified_subset(val.labels.numpy(), data.limit_eval, seed)) if val is not None else None
-        test = test.subset(stratified_subset(test.labels.numpy(), data.limit_eval, seed))
+    train, val, test = limited(train, val, test, data, seed, len(classes))
     notes = [f"shards of {manifest['source']} ({FORMAT} {manifest['litdata_version']}, written {manifest['created']})"]
     return DatasetSplits("shards", classes, manifest["in_chans"], manifest["image_size"], tuple(manifest["mean"]),
                          tuple(manifest["std"]), train, val, test, interpolation=manifest["interpolation"],
