@@ -36,3 +36,21 @@ def test_without_cuda_it_stops_in_the_preflight_with_the_reason(tmp_path: Path) 
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["parts"] == [{"part": "preflight", "status": "failed", "seconds": summary["parts"][0]["seconds"],
                                  "detail": summary["parts"][0]["detail"]}] and summary["failed"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run for real")
+@pytest.mark.skipif(not (REPO / ".data/FashionMNIST/raw/train-images-idx3-ubyte").exists()
+                    and not fashion_mnist_available(), reason="Fashion-MNIST not installed")
+def test_the_dry_run_passes_every_part_end_to_end_on_the_cpu(tmp_path: Path) -> None:
+    done = gpu_check(tmp_path, "--dry-run")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    statuses = {part["part"].split(",")[0].split(" (")[0]: part["status"] for part in summary["parts"]}
+    assert statuses == {"preflight": "ok", "tests/test_cuda.py": "ok", "torchrun quickstart": "ok",
+                        "DDP engine check": "ok", "speed run": "ok", "reproduce": "ok",
+                        "precision throughput": "skipped"}, summary["parts"]
+    assert summary["dry_run"] is True and summary["failed"] == 0
+    reproduce = next(part for part in summary["parts"] if part["part"].startswith("reproduce"))
+    assert "TTA" in reproduce["detail"] and "over 2 seeds" in reproduce["detail"]
+    assert (tmp_path / "gpu_check.txt").read_text().count(": ok") == 5  # preflight is the machine line
