@@ -19,6 +19,7 @@ from reprocls.config import ConfigError, DataConfig
 from reprocls.data import load_dataset
 from reprocls.data.samplers import CoveringBatchSampler, covering_order, covering_steps
 from reprocls.data.shards import MANIFEST, ShardSplit, check_shards, write_shards
+from test_reliability import only_run, same_bytes, train_cli
 
 REPO = Path(__file__).parent.parent
 CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat"]
@@ -135,6 +136,22 @@ def test_two_gloo_processes_see_every_image_once_and_the_same_steps_as_one(shard
     for step, (_, pixels, labels) in enumerate(single):  # each step: the same images, split across the two ranks
         assert sorted(pair[0][step][2] + pair[1][step][2]) == sorted(labels)
         assert abs(pair[0][step][1] + pair[1][step][1] - pixels) < 0.5
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_killed_mid_epoch_resume_byte_identical(shards: Path, tmp_path: Path) -> None:
+    # 700 images, 2 processes x 32: 10 optimizer steps per epoch; rank 1 dies at step 14, torchrun restarts both
+    overrides = ["data.name=shards", f"data.root={shards}", "data.batch_size=32", "schedule.epochs=2",
+                 "train.checkpoint_every=4", "train.threads=1"]
+    clean = train_cli(tmp_path / "clean", *overrides, nproc=2, extra_args=("--resume", "auto"))
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    restarted = train_cli(tmp_path / "restarted", *overrides, nproc=2, kill_at=14, kill_rank=1,
+                          extra_args=("--resume", "auto"))
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "exitcode: -9" in restarted.stderr  # the rank really died by SIGKILL
+    run_dir = only_run(tmp_path / "restarted")
+    assert json.loads((run_dir / "results.json").read_text())["resumed_from"] == "step-000000012"  # mid-epoch 2
+    assert same_bytes(run_dir, only_run(tmp_path / "clean"))
 
 
 def test_an_undecodable_sample_is_named_by_check_and_by_training(folder: Path, tmp_path: Path) -> None:
