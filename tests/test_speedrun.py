@@ -4,6 +4,7 @@ arguments, and a killed speed-run recipe resuming byte-identical."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,19 @@ def test_lookahead_resumes_exactly_from_its_state_dict_and_follows_the_schedule(
         scheduler.step()
     assert optimizer.base.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] < 0.1  # one set of groups
     saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), scheduler.state_dict())
-    steps(model, optimizer, x, y, 5)  # crosses a sync at step 8 with a half-finished cycle restored
+    for _ in range(5):  # crosses a sync at step 8 with a half-finished cycle restored, the lr still falling
+        steps(model, optimizer, x, y, 1)
+        scheduler.step()
     resumed, _, _ = regression(seed=1)
     resumed.load_state_dict(saved[0])
     again = build_optimizer(resumed, config, 0.1)
+    again_schedule = build_scheduler(again, ScheduleConfig(name="cosine", epochs=1), steps_per_epoch=10)
     again.load_state_dict(saved[1])
-    steps(resumed, again, x, y, 5)
+    again_schedule.load_state_dict(saved[2])
+    for _ in range(5):
+        steps(resumed, again, x, y, 1)
+        again_schedule.step()
+    assert again.base.param_groups[0]["lr"] == again.param_groups[0]["lr"] == optimizer.base.param_groups[0]["lr"]
     assert torch.equal(resumed.weight, model.weight) and torch.equal(resumed.bias, model.bias)
     with pytest.raises(ValueError, match="k=4"):
         build_optimizer(resumed, OptimConfig(lr=0.1, lookahead_k=5), 0.1).load_state_dict(saved[1])
@@ -120,3 +128,21 @@ def test_the_recipe_applies_model_init_and_refuses_it_with_weights_or_an_unknown
     assert torch.allclose(session.model.stem.weight.contiguous(), patch_whitening((images - mean) / std, 3), atol=1e-6)
     with pytest.raises(ConfigError, match="model.init: 'wihtening' is not one of the registered inits .none, whitening.. Did you mean 'whitening'"):
         prepare(load_config(str(REPO / "configs/fashion_mnist/speedrun.yaml"), ["model.init=wihtening"]))
+
+
+@pytest.mark.slow
+def test_a_killed_speed_run_resumes_byte_identical(fmnist_root: Path, tmp_path: Path) -> None:
+    from test_reliability import SMALL, only_run, same_bytes, train_cli
+
+    # SpeedNet-S, its whitening init, Lookahead with a cycle (k=3) that straddles the step-4 checkpoint, TTA
+    overrides = [f"data.root={fmnist_root}", *SMALL, "model.name=speednet_s", "model.init=whitening",
+                 "model.init_images=500", "optim.lookahead_k=3", "eval.tta=flip_translate"]
+    clean = train_cli(tmp_path / "clean", *overrides)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    killed = train_cli(tmp_path / "killed", *overrides, kill_at=6)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = train_cli(tmp_path / "killed", *overrides, extra_args=("--resume", "auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((only_run(tmp_path / "killed") / "results.json").read_text())
+    assert results["resumed_from"] == "step-000000004" and "whitening filters" in results["init"]
+    assert same_bytes(only_run(tmp_path / "killed"), only_run(tmp_path / "clean"))

@@ -44,7 +44,8 @@ class Lookahead(torch.optim.Optimizer):
             raise ValueError(f"lookahead state of k={state_dict.get('k')}, alpha={state_dict.get('alpha')} cannot "
                              f"continue a run with k={self.k}, alpha={self.alpha}")
         self.base.load_state_dict(state_dict["base"])
-        self.state = self.base.state
+        # torch rebuilds the base's group dicts on load: share them again, or lr schedules stop reaching the base
+        self.param_groups, self.state = self.base.param_groups, self.base.state
         slow = state_dict["slow"]
         if len(slow) != len(self.slow) or any(a.shape != b.shape for a, b in zip(slow, self.slow)):
             raise ValueError("lookahead state does not match the model's parameters")
