@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: the objectives, the methods that wrap a backbone, and the k-NN monitor."""
