@@ -11,14 +11,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class _GatherRows(torch.autograd.Function):
+    """all_gather forward; backward sums every process's gradient of the gathered rows and keeps this process's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Every process's rows concatenated in rank order; gradients flow back to the process that made them (summed
-    over processes), so the global loss's gradient reaches every embedding."""
+    """Every process's rows concatenated in rank order (equal row counts); gradients flow back to the process that
+    made them, summed over processes, so the global loss's gradient reaches every embedding."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherRows.apply(x)
 
 
 def _rank_offset(local: int) -> int:
