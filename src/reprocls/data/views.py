@@ -97,3 +97,17 @@ def describe(settings: ViewSettings) -> str:
     return (f"crop {settings.crop_scale[0]:g}-{settings.crop_scale[1]:g}, flip {settings.hflip_prob:g}, jitter "
             f"{b:g}/{c:g}/{s:g}/{h:g} p {settings.jitter_prob:g}, grey {settings.grey_prob:g}, blur "
             f"{settings.blur_prob:g}, solarize {settings.solarize_prob:g} ({settings.source})")
+
+
+class TwoViews(torch.utils.data.Dataset):
+    """Images held as uint8 (N, C, H, W), served as (first view, second view, label): the pretraining dataset."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, first: v2.Compose, second: v2.Compose) -> None:
+        self.images, self.labels, self.first, self.second = images, labels, first, second
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = self.images[index]
+        return self.first(image), self.second(image), self.labels[index]
