@@ -59,3 +59,18 @@ def test_two_views_of_one_image_differ_and_carry_its_label(fmnist_splits) -> Non
     a, b, label = data[3]
     assert len(data) == 8 and a.shape == b.shape == (1, 28, 28) and label == fmnist_splits.train.labels[3]
     assert not torch.allclose(a, b)
+
+
+def test_the_pretrain_block_is_typed_and_its_mistakes_named() -> None:
+    from pathlib import Path
+
+    from reprocls.config import ConfigError, load_config
+
+    quickstart = Path(__file__).parent.parent / "configs/quickstart.yaml"
+    assert load_config(quickstart).pretrain is None  # train recipes carry none
+    config = load_config(quickstart, ["pretrain.method=moco_v2", "pretrain.queue_size=1024"])
+    assert (config.pretrain.method, config.pretrain.queue_size, config.pretrain.momentum) == ("moco_v2", 1024, 0.99)
+    with pytest.raises(ConfigError, match=r"pretrain.method: 'simclrr'.*Did you mean 'simclr'"):
+        load_config(quickstart, ["pretrain.method=simclrr"])
+    with pytest.raises(ConfigError, match=r"pretrain.momentum"):
+        load_config(quickstart, ["pretrain.momentum=1.5"])

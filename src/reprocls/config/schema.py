@@ -200,6 +200,24 @@ class ReferenceConfig:
 
 
 @dataclass
+class PretrainConfig:
+    method: Literal["simclr", "moco_v2", "byol"] = opt("simclr", "self-supervised method: simclr, moco_v2 or byol")
+    hidden: int = opt(512, "hidden width of the projection MLP", **positive)
+    out: int = opt(128, "output width of the projection (the embedding the loss sees)", **positive)
+    predictor_hidden: int = opt(512, "byol: hidden width of the prediction MLP", **positive)
+    temperature: float | None = opt(None, "simclr, moco_v2: softmax temperature; null takes the method's (0.5 "
+                                    "SimCLR, 0.2 MoCo v2)", check=lambda v: 0 < v <= 10, rule="in (0, 10]")
+    queue_size: int = opt(4096, "moco_v2: keys of earlier batches kept as negatives", **positive)
+    momentum: float = opt(0.99, "moco_v2, byol: the target encoder's momentum at the first step, rising on a cosine "
+                          "to 1 at the last", check=lambda v: 0 <= v < 1, rule="in [0, 1)")
+    views: dict[str, Any] = opt({}, "overrides of the method's view augmentation, e.g. {crop_scale: [0.2, 1.0], "
+                                "grey_prob: 0} (data/views.py: ViewSettings)")
+    knn_every: int = opt(1, "epochs between k-NN evaluations on the validation split (0: only at the end)", **non_negative)
+    knn_k: int = opt(200, "neighbours in the k-NN vote", **positive)
+    knn_temperature: float = opt(0.1, "temperature of the k-NN vote's weights exp(similarity / t)", **positive)
+
+
+@dataclass
 class RunConfig:
     name: str | None = opt(None, "run name (letters, digits, . _ -); null takes the recipe's file name",
                            check=lambda v: NAME.fullmatch(v) is not None,
@@ -214,3 +232,5 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "device, precision and loss settings"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "how test results are computed"})
     reference: ReferenceConfig | None = field(default=None, metadata={"help": "the paper's number this recipe should reach"})
+    pretrain: PretrainConfig | None = field(default=None, metadata={
+        "help": "self-supervised pretraining settings, read by `reprocls pretrain` (ignored by train)"})
