@@ -135,47 +135,61 @@ class BadImageError(ConfigError):
         return BadImageError(text[start + len(BadImageError.__name__) + 2:].strip() if start >= 0 else text)
 
 
-class FileDataset(Dataset):
-    """Decodes one image file per item and applies a v2 transform."""
+class DecodedDataset(Dataset):
+    """One decoded image per item through a v2 transform; `open` says where the image comes from (converted to
+    the run's channels). A key of
+    (index, seed, epoch, position) seeds the transform by the image's place in the epoch."""
 
-    def __init__(self, split: FileSplit, transform, mode: str) -> None:
-        self.samples, self.transform, self.mode = split.samples, transform, mode
+    def __init__(self, transform, mode: str) -> None:
+        self.transform, self.channels = transform, 1 if mode == "L" else 3
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def open(self, index: int) -> tuple[Image.Image, int]:
+        raise NotImplementedError
 
     def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
         index, position = (key[0], key[1:]) if isinstance(key, tuple) else (key, None)
-        path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                image = to_mode(image, 1 if self.mode == "L" else 3)
-        except Exception as error:  # the header scan reads no pixels: a cut file shows itself here
-            raise BadImageError.for_file(path, error) from None
+        image, label = self.open(index)
         with batch_rng(*position) if position else contextlib.nullcontext():
             return self.transform(image), label
 
 
-class ShardDataset(Dataset):
-    """Decodes one sample of a litdata shard per item and applies a v2 transform."""
+class FileDataset(DecodedDataset):
+    """Images from files of an image folder."""
+
+    def __init__(self, split: FileSplit, transform, mode: str) -> None:
+        super().__init__(transform, mode)
+        self.samples = split.samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def open(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                return to_mode(image, self.channels), label
+        except Exception as error:  # the header scan reads no pixels: a cut file shows itself here
+            raise BadImageError.for_file(path, error) from None
+
+
+class ShardDataset(DecodedDataset):
+    """Images from the samples of litdata shards."""
 
     def __init__(self, split: ShardSplit, transform, mode: str) -> None:
-        self.split, self.transform, self.mode = split, transform, mode
+        super().__init__(transform, mode)
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int]:
-        index, position = (key[0], key[1:]) if isinstance(key, tuple) else (key, None)
+    def open(self, index: int) -> tuple[Image.Image, int]:
         try:
             image, _ = self.split.decode(index)
-            image = to_mode(image, 1 if self.mode == "L" else 3)
         except ValueError as error:
             raise BadImageError(f"{error} {BadImageError.MARKER}; the last checkpoint is intact. Run `reprocls data "
                                 "check` on the shards to list every such sample, then shard the source again "
                                 "without them and continue with --resume auto") from None
-        with batch_rng(*position) if position else contextlib.nullcontext():
-            return self.transform(image), int(self.split.labels_at(index))
+        return to_mode(image, self.channels), int(self.split.labels_at(index))
 
 
 class TransformedTensorDataset(Dataset):

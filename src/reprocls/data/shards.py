@@ -198,6 +198,12 @@ def read_manifest(root: str, cache_dir: str | None = None) -> dict[str, Any]:
     return manifest
 
 
+def manifest_splits(root: str, manifest: dict[str, Any]) -> dict[str, ShardSplit]:
+    """Each split the manifest lists, as a ShardSplit under `root`."""
+    return {name: ShardSplit(f"{root}/{name}", info["labels"], info["chunk_sizes"])
+            for name, info in manifest["splits"].items()}
+
+
 @DATASETS.register
 def shards(data: DataConfig, seed: int) -> DatasetSplits:
     """Shards written by `reprocls data shard` (litdata chunks, local or remote), with the splits they were
@@ -209,7 +215,7 @@ def shards(data: DataConfig, seed: int) -> DatasetSplits:
     parts = manifest["splits"]
     if "train" not in parts or "test" not in parts:
         raise ConfigError(f"data.root: {root} has splits {sorted(parts)}; training needs train and test")
-    made = {name: ShardSplit(f"{root}/{name}", info["labels"], info["chunk_sizes"]) for name, info in parts.items()}
+    made = manifest_splits(root, manifest)
     train, val, test = made["train"], made.get("val"), made["test"]
     classes = manifest["classes"]
     train, val, test = limited(train, val, test, data, seed, len(classes))
@@ -221,10 +227,9 @@ def shards(data: DataConfig, seed: int) -> DatasetSplits:
 
 def check_shards(root: str, *, workers: int = 1) -> list[dict[str, Any]]:
     """Every sample of every split decoded once: the ones that fail, with split, stored index, key and error."""
-    manifest = read_manifest(root.rstrip("/"))
+    root = root.rstrip("/")
     bad: list[dict[str, Any]] = []
-    for name, info in manifest["splits"].items():
-        split = ShardSplit(f"{root.rstrip('/')}/{name}", info["labels"], info["chunk_sizes"])
+    for name, split in manifest_splits(root, read_manifest(root)).items():
         with ThreadPoolExecutor(max(1, workers)) as pool:
             problems = list(pool.map(split.problem, range(len(split))))
         bad += [{"split": name, "index": index, "key": split.sample(index)["key"], "error": problem}

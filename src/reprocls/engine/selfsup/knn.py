@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from reprocls.engine.selfsup.methods import embed
+
 
 def knn_scores(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int, *,
                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
@@ -41,8 +43,7 @@ def extract_features(model: torch.nn.Module, loader, device: torch.device) -> tu
     features, labels = [], []
     try:
         for images, targets in loader:
-            embedding = model.forward_head(model.forward_features(images.to(device)), pre_logits=True)
-            features.append(embedding.float().cpu())
+            features.append(embed(model, images.to(device)).float().cpu())
             labels.append(targets.cpu())
     finally:
         model.train(was_training)

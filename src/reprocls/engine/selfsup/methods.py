@@ -40,6 +40,18 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
+def follow_online(method: nn.Module, momentum: float) -> None:
+    """The momentum target (backbone and projection) one step closer to the online network."""
+    momentum_update(method.target_backbone, method.backbone, momentum)
+    momentum_update(method.target_projection, method.projection, momentum)
+
+
+@torch.no_grad()
+def target_outputs(method: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The momentum target's projection of `images`: MoCo's keys, BYOL's regression goals."""
+    return method.target_projection(embed(method.target_backbone, images))
+
+
 class SimCLR(nn.Module):
     """Backbone + projection MLP (BatchNorm, as in SimCLR v1's CIFAR setting); NT-Xent with gathered negatives."""
 
@@ -69,15 +81,10 @@ class MoCoV2(nn.Module):
         self.target_backbone, self.target_projection = frozen_copy(self.backbone), frozen_copy(self.projection)
         self.queue = KeyQueue(queue_size, out)
 
-    def keys(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.target_projection(embed(self.target_backbone, images))
-
     def forward(self, first: torch.Tensor, second: torch.Tensor, momentum: float = 0.99) -> torch.Tensor:
-        momentum_update(self.target_backbone, self.backbone, momentum)
-        momentum_update(self.target_projection, self.projection, momentum)
+        follow_online(self, momentum)
         q1, q2 = self.projection(embed(self.backbone, first)), self.projection(embed(self.backbone, second))
-        k1, k2 = self.keys(first), self.keys(second)
+        k1, k2 = target_outputs(self, first), target_outputs(self, second)
         queue = self.queue.keys.clone()
         loss = 0.5 * (info_nce(q1, k2, queue, self.temperature) + info_nce(q2, k1, queue, self.temperature))
         if self.training:
@@ -100,13 +107,10 @@ class BYOL(nn.Module):
         self.target_backbone, self.target_projection = frozen_copy(self.backbone), frozen_copy(self.projection)
 
     def forward(self, first: torch.Tensor, second: torch.Tensor, momentum: float = 0.99) -> torch.Tensor:
-        momentum_update(self.target_backbone, self.backbone, momentum)
-        momentum_update(self.target_projection, self.projection, momentum)
+        follow_online(self, momentum)
         p1 = self.prediction(self.projection(embed(self.backbone, first)))
         p2 = self.prediction(self.projection(embed(self.backbone, second)))
-        with torch.no_grad():
-            t1 = self.target_projection(embed(self.target_backbone, first))
-            t2 = self.target_projection(embed(self.target_backbone, second))
+        t1, t2 = target_outputs(self, first), target_outputs(self, second)
         return 0.5 * (byol_loss(p1, t2) + byol_loss(p2, t1))
 
 
