@@ -54,7 +54,7 @@ def test_a_non_finite_loss_stops_with_the_step_and_what_to_do() -> None:
 
 def test_two_views_of_one_image_differ_and_carry_its_label(fmnist_splits) -> None:
     first, second = (build_view(s, 28, (0.286,), (0.353,)) for s in view_settings("byol", 28))
-    data = TwoViews(fmnist_splits.train.images[:8], fmnist_splits.train.labels[:8], first, second)
+    data = TwoViews(fmnist_splits.train.subset(list(range(8))), first, second)
     torch.manual_seed(0)
     a, b, label = data[3]
     assert len(data) == 8 and a.shape == b.shape == (1, 28, 28) and label == fmnist_splits.train.labels[3]

@@ -29,6 +29,7 @@ from reprocls.engine import (OPTIMIZERS, SCHEDULERS, Trainee, TrainSettings, bui
                              resolve_channels_last, resolve_device, resolve_precision, scaled_lr)
 from reprocls.engine.distributed import World
 from reprocls.engine.ema import create_ema
+from reprocls.engine.selfsup.methods import build_method
 from reprocls.models import MODELS, create_model, warn_if_input_too_small
 from reprocls.models._init import INITS, NO_INIT
 from reprocls.models._stages import Stage, model_stages
@@ -382,3 +383,19 @@ def wrap_for_training(model: nn.Module, config: RunConfig, world: World, device:
     if config.train.compile:
         model = torch.compile(model, backend=config.train.compile_backend)
     return model
+
+
+def build_pretraining(config: RunConfig, session: Session) -> nn.Module:
+    """The pretrain: block's method around the session's backbone (its classifier becomes an identity)."""
+    block = config.pretrain
+    if block is None:
+        raise ConfigError("pretrain: this recipe has no pretrain: block; add one (method: simclr | moco_v2 | byol), "
+                          "e.g. configs/fashion_mnist/simclr_resnet20.yaml")
+    settings: dict[str, Any] = {"hidden": block.hidden, "out": block.out}
+    if block.method != "byol" and block.temperature is not None:
+        settings["temperature"] = block.temperature
+    if block.method == "moco_v2":
+        settings["queue_size"] = block.queue_size
+    if block.method == "byol":
+        settings["predictor_hidden"] = block.predictor_hidden
+    return build_method(block.method, session.model, **settings).to(session.device)

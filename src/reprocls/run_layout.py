@@ -5,6 +5,7 @@ a folder."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ MISTAKES_PNG = "mistakes.png"
 LOCK = ".lock"  # held (flock) by the one process writing the folder; it holds that process's pid
 CHECKPOINT_STEP = "step-"  # checkpoints/step-<N>/: one finished checkpoint
 TEMPORARY_CHECKPOINT = ".tmp-step-"  # a checkpoint being written: left behind only by a killed write
+PROBE_JSON = "probe.json"  # reprocls probe: the linear probe of a pretraining run's frozen backbone
 RUN_FILES = (RESULTS, CONFIG, ENVIRONMENT)  # what a finished run folder must hold to be compared or reported
 
 # A study folder (reprocls tune): <output_dir>/<study>-study/
@@ -77,6 +79,14 @@ def new_stamped_folder(parent: str | Path, prefix: str) -> Path:
 def is_run(folder: Path) -> bool:
     """A finished run folder (it holds results.json)."""
     return (folder / RESULTS).exists()
+
+
+def is_pretraining_run(folder: Path) -> bool:
+    """A finished `reprocls pretrain` run: its results.json says kind: pretrain."""
+    try:
+        return json.loads((Path(folder) / RESULTS).read_text()).get("kind") == "pretrain"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_config(folder: Path) -> dict | None:

@@ -40,6 +40,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from reprocls.experiments.pretrain import pretrain_recipe
+
+    pretrain_recipe(read_recipe(args).config, progress=not args.quiet, resume=args.resume)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from reprocls.experiments.probe import probe_run
+
+    record = probe_run(args.run, args.overrides, random_init=not args.no_baseline,
+                       echo=(lambda *a, **k: None) if args.json else print)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from reprocls.analysis.doctor import diagnose, format_findings
 

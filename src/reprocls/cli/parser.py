@@ -34,6 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "run (auto; starts fresh when there is none), or of a given run folder or checkpoints/step-N folder")
     train.set_defaults(func=cmd.cmd_train)
 
+    pretrain = sub.add_parser("pretrain", help="self-supervised pretraining (SimCLR, MoCo v2, BYOL) of a recipe's "
+                              "backbone; a run folder whose backbone fine-tunes with model.weights=RUN")
+    pretrain.add_argument("recipe", help="YAML recipe with a pretrain: block (fashion_mnist/simclr_resnet20, ...)")
+    pretrain.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. pretrain.method=byol")
+    pretrain.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    pretrain.add_argument("--resume", metavar="auto|PATH", help="continue the newest intact checkpoint (auto), or of a "
+                          "given run folder or checkpoints/step-N folder")
+    pretrain.set_defaults(func=cmd.cmd_pretrain)
+
+    probe = sub.add_parser("probe", help="linear probe of a pretraining run's frozen backbone (weight decay chosen on "
+                           "val, test scored once), beside a random-init backbone's")
+    probe.add_argument("run", help="a finished `reprocls pretrain` run folder")
+    probe.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=/elsewhere")
+    probe.add_argument("--no-baseline", action="store_true", help="skip the random-init backbone's probe")
+    probe.add_argument("--json", action="store_true", help="print probe.json's record")
+    probe.set_defaults(func=cmd.cmd_probe)
+
     doctor = sub.add_parser("doctor", help="check a recipe for the classic reasons a reproduction falls short (exit 1 on findings)")
     doctor.add_argument("recipe", help="YAML recipe")
     doctor.add_argument("overrides", nargs="*", help="dotted key=value overrides")

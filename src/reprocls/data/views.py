@@ -3,12 +3,18 @@ from torchvision.transforms.v2; any value can be overridden, and `describe` stat
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from reprocls.data.datasets import FileSplit, Split
+from reprocls.data.loaders import DecodedDataset, FileDataset, ShardDataset, batch_rng
+from reprocls.data.samplers import EpochSampler
+from reprocls.data.shards import ShardSplit
 from reprocls.registry import Registry
 
 
@@ -100,14 +106,39 @@ def describe(settings: ViewSettings) -> str:
 
 
 class TwoViews(torch.utils.data.Dataset):
-    """Images held as uint8 (N, C, H, W), served as (first view, second view, label): the pretraining dataset."""
+    """Any split served as (first view, second view, label): the pretraining dataset. A key of (index, seed, epoch,
+    position), as EpochSampler yields, seeds both views by the image's place in the epoch, so the views are the same
+    whatever the worker or process count and after a resume."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, first: v2.Compose, second: v2.Compose) -> None:
-        self.images, self.labels, self.first, self.second = images, labels, first, second
+    def __init__(self, split: Split, first: v2.Compose, second: v2.Compose, *, channels: int = 1) -> None:
+        self.split, self.first, self.second = split, first, second
+        mode = "L" if channels == 1 else "RGB"
+        self.decoded: DecodedDataset | None = None
+        if isinstance(split, FileSplit):
+            self.decoded = FileDataset(split, None, mode)
+        elif isinstance(split, ShardSplit):
+            self.decoded = ShardDataset(split, None, mode)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = self.images[index]
-        return self.first(image), self.second(image), self.labels[index]
+    def open(self, index: int) -> tuple[Any, int]:
+        """uint8 (C, H, W) of an in-memory split, else the decoded PIL image in the run's channels."""
+        if self.decoded is not None:
+            return self.decoded.open(index)
+        return self.split.images[index], int(self.split.labels[index])
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, position = (key[0], key[1:]) if isinstance(key, tuple) else (key, None)
+        image, label = self.open(index)
+        with batch_rng(*position) if position else contextlib.nullcontext():
+            return self.first(image), self.second(image), label
+
+
+def two_view_loader(dataset: TwoViews, *, batch_size: int, seed: int, workers: int, rank: int = 0,
+                    world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """This rank's share of every global batch of batch_size x world_size images, in the order of EpochSampler (the
+    order of `train`), so one process and several see the same global batches."""
+    sampler = EpochSampler(len(dataset), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+                      pin_memory=pin_memory, persistent_workers=workers > 0)

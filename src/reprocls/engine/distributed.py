@@ -96,3 +96,74 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod  # type: ignore[assignment]
         else:
             return model
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over processes, differentiable: the gradient of every process's copy is the sum of all of theirs."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        total = x.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum of `x` over processes, with the gradient flowing back to every process's share."""
+    return _AllReduceSum.apply(x)
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the images of every process (SimCLR's global BN, MoCo's alternative to shuffled BN): the sums,
+    then the squared deviations from their mean, are all-reduced with their gradient, on Gloo and NCCL alike, where
+    torch's SyncBatchNorm runs on CUDA only. Outside training or in a world of one it is plain BatchNorm."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {input.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims, channels = [0, *range(2, x.dim())], x.shape[1]
+        values = x.float()
+        local = torch.tensor([x.numel() // channels], dtype=torch.float32, device=x.device)
+        stats = all_reduce_with_grad(torch.cat([values.sum(dims), local]))
+        count = stats[-1]
+        mean = stats[:channels] / count
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        centred = values - mean.view(shape)  # a second pass: E[x^2] - E[x]^2 loses the digits of narrow channels
+        var = all_reduce_with_grad(centred.pow(2).sum(dims)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(var.detach() * count / (count - 1).clamp_min(1), factor)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_to_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Every BatchNorm layer of `module` replaced by a GlobalBatchNorm with the same parameters and statistics."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats, device=module.running_mean.device
+                                    if module.running_mean is not None else None)
+        converted.load_state_dict(module.state_dict())
+        converted.train(module.training)
+        if module.affine:
+            converted.weight.requires_grad_(module.weight.requires_grad)
+            converted.bias.requires_grad_(module.bias.requires_grad)
+        return converted
+    for name, child in module.named_children():
+        module.add_module(name, convert_to_global_batchnorm(child))
+    return module

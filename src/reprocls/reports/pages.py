@@ -8,6 +8,7 @@ from typing import Callable
 
 from reprocls import run_layout as layout
 from reprocls.registry import Registry
+from reprocls.reports.pretrain_page import write_pretrain_pages
 from reprocls.reports.reproduction_page import write_reproduction_page
 from reprocls.reports.run_page import write_run_pages
 from reprocls.reports.study_page import write_study_page
@@ -15,7 +16,9 @@ from reprocls.reports.study_page import write_study_page
 PageWriter = Callable[[Path], Path]
 # info: (what marks the folder, how the folder is described to a user)
 PAGES: Registry[PageWriter] = Registry("report page")
-PAGES.register(write_run_pages, name="run", info=(layout.is_run, "a run folder (results.json)"))
+PAGES.register(write_run_pages, name="run", info=(lambda folder: layout.is_run(folder) and not
+                                                  layout.is_pretraining_run(folder), "a run folder (results.json)"))
+PAGES.register(write_pretrain_pages, name="pretrain", info=(layout.is_pretraining_run, "a `reprocls pretrain` run"))
 PAGES.register(write_study_page, name="study", info=(layout.is_study, "a study folder (study.json)"))
 PAGES.register(write_reproduction_page, name="reproduction",
                info=(layout.is_reproduction, "a reproduction folder (reproduction.json)"))

@@ -27,7 +27,7 @@ def save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _epoch_axes(*axes: plt.Axes, labels: tuple[str, ...]) -> None:
+def epoch_axes(*axes: plt.Axes, labels: tuple[str, ...]) -> None:
     for ax, label in zip(axes, labels):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -44,7 +44,7 @@ def plot_curves(history: list[dict]) -> Figure:
             epochs = [r["epoch"] for r in points]
             ax_loss.plot(epochs, [r[loss_key] for r in points], marker=marker, label=label)
             ax_top1.plot(epochs, [100 * r[top1_key] for r in points], marker=marker, label=label)
-    _epoch_axes(ax_loss, ax_top1, labels=("loss", "top-1 (%)"))
+    epoch_axes(ax_loss, ax_top1, labels=("loss", "top-1 (%)"))
     for ax in (ax_loss, ax_top1):
         if ax.get_lines():
             ax.legend()
@@ -61,7 +61,7 @@ def plot_validation_runs(histories: dict[str, list[dict]], *, dashed: set[str] =
         style = dict(marker="o", markersize=3, linestyle="--" if label in dashed else "-", label=label)
         ax_acc.plot([r["epoch"] for r in val], [100 * r["val_top1"] for r in val], **style)
         ax_loss.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], **style)
-    _epoch_axes(ax_acc, ax_loss, labels=("val top-1 (%)", "val loss"))
+    epoch_axes(ax_acc, ax_loss, labels=("val top-1 (%)", "val loss"))
     if legend and histories:
         for ax in (ax_acc, ax_loss):
             ax.legend(fontsize=8)
