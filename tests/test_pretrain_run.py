@@ -77,6 +77,35 @@ def test_a_pretraining_run_folder_holds_backbone_results_and_pages(fmnist_root: 
     fine = json.loads(next((tmp_path / "tuned").glob("*/results.json")).read_text())
     assert len(fine["weights"]["loaded"]) == len(weights) and fine["weights"]["reinitialized"]  # backbone in, new head
 
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from label_efficiency import run_grid, summarise
+
+    records = run_grid("quickstart", run_dir, [0.01], [0], out=tmp_path / "labels", of=6400,
+                       overrides=[f"data.root={fmnist_root}", "schedule.epochs=1", "data.batch_size=32",
+                                  "data.limit_eval=200", "train.threads=1"])
+    assert [(r["start"], r["train_images"]) for r in records] == [("scratch", 64), ("pretrained", 64)]
+    (row,) = summarise(records)
+    assert row["gain_points"] == pytest.approx(100 * (records[1]["test_top1"] - records[0]["test_top1"]))
+
+
+def test_shipped_pretraining_recipes_build_their_method_on_their_backbone() -> None:
+    import torch
+
+    from reprocls.config import shipped_configs
+    from reprocls.recipe import Shape, build_model, build_pretraining
+
+    recipes = sorted(shipped_configs().glob("*/*_resnet*.yaml"))
+    pretraining = [path for path in recipes if load_config(path).pretrain is not None]
+    assert len(pretraining) == 6  # three methods on Fashion-MNIST and on CIFAR-10
+    for path in pretraining:
+        config = load_config(path)
+        channels, size = (1, 28) if "fashion" in path.parent.name else (3, 32)
+        session = type("Session", (), {"model": build_model(config, Shape(10, channels, size)),
+                                       "device": torch.device("cpu")})()
+        method = build_pretraining(config, session)
+        loss = method(torch.randn(4, channels, size, size), torch.randn(4, channels, size, size))
+        assert torch.isfinite(loss) and type(method).__name__.lower().startswith(config.pretrain.method[:4]), path
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "moco_v2", "byol"])

@@ -29,7 +29,7 @@ from reprocls.engine.selfsup.train import PretrainSettings, PretrainState, pretr
 from reprocls.envinfo import environment
 from reprocls.experiments.resume import (ResumePlan, ResumePoint, agree_on, check_same_experiment, config_hash,
                                          plan_resume)
-from reprocls.experiments.run import RunWriter, model_metadata, save_weights
+from reprocls.experiments.run import RunWriter, model_metadata, reference_gap, save_weights
 from reprocls.models import count_params
 from reprocls.recipe import Session, build_pretraining, lr_plan, prepare, seed_everything
 from reprocls.reports.pretrain_page import write_pretrain_pages
@@ -242,6 +242,7 @@ def _finish(run: RunWriter, config: RunConfig, session: Session, backbone: nn.Mo
     block = config.pretrain
     train_seconds = sum(r["train_seconds"] for r in state.history)
     images = sum(r["train_images_per_s"] * r["train_seconds"] for r in state.history)
+    test_knn = knn_monitor(backbone, config, session, queries="test")
     results = {
         "kind": "pretrain", "run": run.path.name, "method": block.method, "model": config.model.name,
         "dataset": splits.name, "params": count_params(backbone), "classes": splits.classes,
@@ -250,7 +251,8 @@ def _finish(run: RunWriter, config: RunConfig, session: Session, backbone: nn.Mo
         "precision": str(session.amp_dtype or "fp32").replace("torch.", ""),
         "knn": {"k": block.knn_k, "temperature": block.knn_temperature,
                 "val_top1": val_scores[-1] if val_scores else None, "best_val_top1": max(val_scores, default=None),
-                "test_top1": knn_monitor(backbone, config, session, queries="test")},
+                "test_top1": test_knn},
+        "reference": reference_gap(config, test_knn) if test_knn is not None else None,
         "views": [describe(s) for s in view_settings(block.method, splits.image_size, block.views)],
         "train_time_s": train_seconds, "images_per_s": images / max(train_seconds, 1e-9),
         "wall_time_s": time.perf_counter() - wall_start,
@@ -260,6 +262,8 @@ def _finish(run: RunWriter, config: RunConfig, session: Session, backbone: nn.Mo
     run.final_write("the report", lambda: write_pretrain_pages(run.path))
     say(f"k-NN top-1 (k {block.knn_k}, t {block.knn_temperature:g}): val {_percent(results['knn']['val_top1'])}, "
         f"test {_percent(results['knn']['test_top1'])}")
+    if results["reference"] is not None:
+        say(f"reference ({results['reference']['source']}, k-NN): {results['reference']['text']}")
     say(f"backbone: {run.path / layout.WEIGHTS} (fine-tune with model.weights={run.path}; probe with "
         f"`reprocls probe {run.path}`)")
     say(f"report: {run.path / layout.REPORT_MD} and {run.path / layout.REPORT_HTML}")

@@ -63,7 +63,9 @@ def write_pretrain_pages(run_dir: str | Path) -> Path:
     probe_note = (f"Linear probe: run `reprocls probe {run_dir}` to train a softmax classifier on the frozen features."
                   if probe is None else f"Linear probe on frozen features, weight decay chosen on validation from "
                   f"{', '.join(f'{float(k):g}: {percent(v)}' for k, v in probe['val_top1'].items())}; test scored once.")
-    lines = [f"# {results['run']}", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+    reference = results.get("reference")
+    lines = [f"# {results['run']}", "", *([f"**{reference['text']}** ({reference['source']}, test k-NN)", ""]
+                                          if reference else []), "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
              "## Pretraining curves", "", f"![loss and k-NN per epoch]({layout.CURVES_PNG})", "", "## Views", "",
              *[f"- {line}" for line in results["views"]], "", probe_note, ""]
     (run_dir / layout.REPORT_MD).write_text("\n".join(lines))
@@ -73,5 +75,8 @@ def write_pretrain_pages(run_dir: str | Path) -> Path:
                 ("Linear probe", html.paragraph(probe_note)),
                 ("Resolved config", config_section(run_dir)), ("Environment", environment_section(run_dir))]
     subtitle = f"{results['method']} pretraining of {results['model']} on {results['dataset']}, seed {results['seed']}"
-    document = html.page(results["run"], sections, subtitle=subtitle, intro=html.cards(rows))
+    reference = results.get("reference")
+    banner = "" if reference is None else html.verdict(f"test k-NN {reference['text']} ({reference['source']})",
+                                                       "good" if reference["verdict"] == "reproduced" else "bad")
+    document = html.page(results["run"], sections, subtitle=subtitle, intro=banner + html.cards(rows))
     return html.write_page(run_dir / layout.REPORT_HTML, document)
