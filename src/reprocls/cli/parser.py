@@ -9,12 +9,19 @@ from reprocls.cli import commands as cmd
 from reprocls.engine.tta import TTA_MODES
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str) -> None:
-    """The recipe, its overrides, -q and --no-doctor: what every command that trains takes, worded per command."""
+def add_training_arguments(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str, *,
+                           doctor: bool = True, resume: bool = False) -> None:
+    """The recipe, its overrides, -q, --no-doctor and (for one run) --resume: what the commands that train take,
+    worded per command."""
     parser.add_argument("recipe", help=recipe_help)
     parser.add_argument("overrides", nargs="*", help=overrides_help)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks before training")
+    if doctor:
+        parser.add_argument("--no-doctor", action="store_true", help="skip the reproduction doctor's checks before training")
+    if resume:
+        parser.add_argument("--resume", metavar="auto|PATH", help="continue the newest intact checkpoint of this recipe's "
+                            "latest run (auto; starts fresh when there is none), or of a given run folder or "
+                            "checkpoints/step-N folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,18 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a recipe and write a run folder")
     add_training_arguments(train, "YAML recipe, or a shipped recipe by name (quickstart, fashion_mnist/resnet20: "
                            "`reprocls recipes` lists them)",
-                           "dotted key=value overrides, e.g. optim.lr=0.05 schedule.epochs=10")
-    train.add_argument("--resume", metavar="auto|PATH", help="continue the newest intact checkpoint of this recipe's latest "
-                       "run (auto; starts fresh when there is none), or of a given run folder or checkpoints/step-N folder")
+                           "dotted key=value overrides, e.g. optim.lr=0.05 schedule.epochs=10", resume=True)
     train.set_defaults(func=cmd.cmd_train)
 
     pretrain = sub.add_parser("pretrain", help="self-supervised pretraining (SimCLR, MoCo v2, BYOL) of a recipe's "
                               "backbone; a run folder whose backbone fine-tunes with model.weights=RUN")
-    pretrain.add_argument("recipe", help="YAML recipe with a pretrain: block (fashion_mnist/simclr_resnet20, ...)")
-    pretrain.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. pretrain.method=byol")
-    pretrain.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    pretrain.add_argument("--resume", metavar="auto|PATH", help="continue the newest intact checkpoint (auto), or of a "
-                          "given run folder or checkpoints/step-N folder")
+    add_training_arguments(pretrain, "YAML recipe with a pretrain: block (fashion_mnist/simclr_resnet20, ...)",
+                           "dotted key=value overrides, e.g. pretrain.method=byol", doctor=False, resume=True)
     pretrain.set_defaults(func=cmd.cmd_pretrain)
 
     probe = sub.add_parser("probe", help="linear probe of a pretraining run's frozen backbone (weight decay chosen on "

@@ -135,6 +135,10 @@ def load_trained_run(target: str | Path, overrides: list[str] | None = None,
     config: RunConfig = build(RunConfig, apply_overrides(raw, list(overrides or [])))
     config.model.weights = None
     info = json.loads(metadata["reprocls"])
+    if info.get("weights") == "pretrain":
+        raise ConfigError(f"{weights} is the backbone of a `reprocls pretrain` run: it has no trained classifier to "
+                          "evaluate or predict with. Probe it (`reprocls probe RUN`) or fine-tune it (`reprocls train "
+                          "RECIPE model.weights=RUN`) and use that run")
     compressed = info.get("compressed") or {}
     session = prepare(config, torch.device("cpu") if compressed else device)
     if session.splits.classes != info["classes"]:
