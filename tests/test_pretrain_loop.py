@@ -9,7 +9,7 @@ from torch import nn
 
 from reprocls.data.views import TwoViews, build_view, view_settings
 from reprocls.engine.selfsup.losses import momentum_at
-from reprocls.engine.selfsup.train import PretrainState, pretrain_one_epoch
+from reprocls.engine.selfsup.train import PretrainSettings, PretrainState, pretrain_one_epoch
 
 
 class Recorder(nn.Module):
@@ -38,8 +38,8 @@ def test_each_batch_is_one_step_with_the_scheduled_momentum() -> None:
     method = Recorder()
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
     state = PretrainState(step=0, total_steps=10)
-    pretrain_one_epoch(method, batches(5), optimizer, state, momentum=0.99)
-    pretrain_one_epoch(method, batches(5), optimizer, state, momentum=0.99)
+    pretrain_one_epoch(method, batches(5), optimizer, state, settings=PretrainSettings(momentum=0.99))
+    pretrain_one_epoch(method, batches(5), optimizer, state, settings=PretrainSettings(momentum=0.99))
     assert state.step == 10
     assert method.momenta == pytest.approx([momentum_at(step, 10, 0.99) for step in range(10)])
     assert method.momenta[0] == 0.99 and method.momenta[-1] == 1.0 and method.weight.item() < 1.0  # it trained

@@ -14,11 +14,11 @@ from test_reliability import only_run, same_bytes
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "moco_v2", "byol"])
 def test_a_killed_pretraining_resumes_byte_identical(method: str, fmnist_root: Path, tmp_path: Path) -> None:
-    overrides = [f"data.root={fmnist_root}", *SMALL]
+    overrides = [f"data.root={fmnist_root}", *SMALL, "schedule.epochs=1"]  # 8 steps: killed at 6, checkpoint at 4
     clean = pretrain_cli(tmp_path / "clean", method, *overrides)
     assert clean.returncode == 0, clean.stderr[-3000:]
     killed = pretrain_cli(tmp_path / "killed", method, *overrides, kill_at=6)
-    assert killed.returncode == -9  # SIGKILL mid-epoch 1, after the step-4 checkpoint
+    assert killed.returncode == -9  # SIGKILL mid-epoch, after the step-4 checkpoint
     resumed = pretrain_cli(tmp_path / "killed", method, *overrides, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "step-000000004" in resumed.stdout

@@ -15,38 +15,41 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from reprocls import run_layout as layout
-from reprocls.config import ConfigError, RunConfig, to_dict
+from reprocls.config import ConfigError, RunConfig
 from reprocls.data import make_loader
 from reprocls.data.batch_views import TwoViewTensorLoader
 from reprocls.data.datasets import DatasetSplits, TensorSplit
 from reprocls.data.loaders import use_in_memory
 from reprocls.data.views import TwoViews, build_view, describe, two_view_loader, view_settings
 from reprocls.engine import build_optimizer, build_scheduler
-from reprocls.engine.checkpoint import load_checkpoint, prune, restore_rng_states, rng_states, write_checkpoint
 from reprocls.engine.distributed import World, convert_to_global_batchnorm, init_distributed, shutdown_distributed, unwrap
 from reprocls.engine.selfsup.knn import extract_features, knn_accuracy
 from reprocls.engine.selfsup.train import PretrainSettings, PretrainState, pretrain_one_epoch
 from reprocls.envinfo import environment
-from reprocls.experiments.resume import (ResumePlan, ResumePoint, agree_on, check_same_experiment, config_hash,
-                                         plan_resume)
+from reprocls.experiments.resume import (ResumePlan, ResumePoint, agree_on, load_exact, plan_resume, prefixed,
+                                         write_exact)
 from reprocls.experiments.run import RunWriter, model_metadata, reference_gap, save_weights
 from reprocls.models import count_params
 from reprocls.recipe import Session, build_pretraining, lr_plan, prepare, seed_everything
 from reprocls.reports.pretrain_page import write_pretrain_pages
 
 
-def knn_monitor(backbone: nn.Module, config: RunConfig, session: Session, queries: str = "val") -> float | None:
-    """Weighted k-NN top-1 of `queries` (val, or test once at the end) against the training images' embeddings,
-    both without augmentation; None when the split is absent."""
+def knn_monitor(backbone: nn.Module, config: RunConfig, session: Session,
+                queries: tuple[str, ...] = ("val",)) -> dict[str, float]:
+    """Weighted k-NN top-1 of each query split (val; at the end also test, once) against the training images'
+    embeddings, extracted once for all of them, every image without augmentation; absent splits are left out."""
     splits = session.splits
-    split = splits.val if queries == "val" else splits.test
-    if split is None or len(split) == 0:
-        return None
+    wanted = {name: getattr(splits, name) for name in queries}
+    wanted = {name: split for name, split in wanted.items() if split is not None and len(split) > 0}
+    if not wanted:
+        return {}
     common = dict(device=session.device, seed=config.seed, channels_last=session.channels_last)
-    bank = extract_features(backbone, make_loader(splits.train, splits, config.data, train=False, **common), session.device)
-    found = extract_features(backbone, make_loader(split, splits, config.data, train=False, **common), session.device)
-    block = config.pretrain
-    return knn_accuracy(*found, *bank, splits.num_classes, k=block.knn_k, temperature=block.knn_temperature)
+    features = lambda split: extract_features(  # noqa: E731
+        backbone, make_loader(split, splits, config.data, train=False, **common), session.device)
+    bank, block = features(splits.train), config.pretrain
+    return {name: knn_accuracy(*features(split), *bank, splits.num_classes, k=block.knn_k,
+                               temperature=block.knn_temperature)
+            for name, split in wanted.items()}
 
 
 class PretrainCheckpointer:
@@ -59,59 +62,36 @@ class PretrainCheckpointer:
         self.method, self.optimizer, self.scheduler, self.scaler = method, optimizer, scheduler, scaler
 
     def __call__(self, state: PretrainState) -> None:
-        ranks = [{"rng": rng_states(), "loss_sum": state.loss_sum}]
-        if self.world.distributed:
-            mine, ranks = ranks[0], [None] * self.world.world_size
-            dist.all_gather_object(ranks, mine)
-        if self.folder is None:
-            return
         tensors = {f"method.{k}": v for k, v in unwrap(self.method).state_dict().items()}
-        if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
-            raise FloatingPointError(f"step {state.step}: the weights are no longer finite, so no checkpoint is written "
-                                     "of them; lower optim.lr (the checkpoints already written are intact)")
-        training = {"state": state.to_dict(), "ranks": ranks, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
-        info = {"epoch": state.epoch, "micro": state.micro, "world_size": self.world.world_size, "classes": self.classes,
-                "config_hash": config_hash(self.config), "config": to_dict(self.config), "kind": "pretrain"}
-        write_checkpoint(self.folder, state.step, tensors, training, info)
-        prune(self.folder, self.config.train.keep_checkpoints, None)
+        write_exact(self.folder, self.config, self.world, state, {"loss_sum": state.loss_sum}, tensors, self.optimizer,
+                    self.scheduler, self.scaler, self.classes, kind="pretrain")
 
 
 def restore_pretraining(point: ResumePoint, config: RunConfig, world: World, method: nn.Module, optimizer, scheduler,
                         scaler) -> PretrainState:
     """Load a pretraining checkpoint into freshly built objects and every RNG; returns where to continue."""
-    check_same_experiment(point.manifest["config"], config)
-    tensors, training, _ = load_checkpoint(point.checkpoint)
-    method.load_state_dict({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
-    optimizer.load_state_dict(training["optimizer"])
-    scheduler.load_state_dict(training["scheduler"])
-    if scaler is not None and training["scaler"]:
-        scaler.load_state_dict(training["scaler"])
-    ranks = training["ranks"]
-    if len(ranks) != world.world_size:
-        raise ConfigError(f"cannot resume: the checkpoint was written by {len(ranks)} process(es), this job has "
-                          f"{world.world_size}; resume with the same process count")
-    state = PretrainState.from_dict(training["state"])
-    state.loss_sum = ranks[world.rank]["loss_sum"]
-    restore_rng_states(ranks[world.rank]["rng"])
+    tensors, saved, mine = load_exact(point, config, world, optimizer, scheduler, scaler)
+    method.load_state_dict(prefixed(tensors, "method"))
+    state = PretrainState.from_dict(saved)
+    state.loss_sum = mine["loss_sum"]
     return state
 
 
-def two_view_batches(config: RunConfig, session: Session, world: World) -> tuple[Any, list[str]]:
+def two_view_batches(config: RunConfig, session: Session, world: World) -> tuple[Any, list[str], str]:
     """The recipe's two views of the training split: augmented a batch at a time on the device for in-memory data,
-    else per image in DataLoader workers; and one line describing each view."""
+    else per image in DataLoader workers; with a description of each view and of where they are made."""
     splits, block = session.splits, config.pretrain
     settings = view_settings(block.method, splits.image_size, block.views)
-    lines = [f"view {i + 1}: {describe(s)}" for i, s in enumerate(settings)]
+    views = [describe(s) for s in settings]
     common = dict(batch_size=config.data.batch_size, seed=config.seed, rank=world.rank, world_size=world.world_size)
     if isinstance(splits.train, TensorSplit) and use_in_memory(config.data, splits):
         return TwoViewTensorLoader(splits.train, *settings, size=splits.image_size, mean=splits.mean, std=splits.std,
                                    device=session.device, channels_last=session.channels_last, **common), \
-            lines + ["views made a batch at a time on the device (data/batch_views.py)"]
+            views, "views made a batch at a time on the device (data/batch_views.py)"
     first, second = (build_view(s, splits.image_size, splits.mean, splits.std) for s in settings)
     return two_view_loader(TwoViews(splits.train, first, second, channels=splits.in_chans), workers=config.data.workers,
                            pin_memory=session.device.type == "cuda", **common), \
-        lines + [f"views made per image in {config.data.workers} DataLoader worker(s)"]
+        views, f"views made per image in {config.data.workers} DataLoader worker(s)"
 
 
 def start_epoch(loader: Any, epoch: int, batches_done: int) -> None:
@@ -156,7 +136,7 @@ def _pretrain(config: RunConfig, world: World, device: torch.device | None, wall
     method = build_pretraining(config, session)
     if world.distributed:  # every method sees BatchNorm statistics of the global batch, as on one process
         convert_to_global_batchnorm(method)
-    loader, lines = two_view_batches(config, session, world)
+    loader, views, made = two_view_batches(config, session, world)
     if len(loader) == 0:
         raise ConfigError(f"data.batch_size: {config.data.batch_size} x {world.world_size} process(es) is more than the "
                           f"{len(splits.train)} training images; lower the batch size")
@@ -188,13 +168,15 @@ def _pretrain(config: RunConfig, world: World, device: torch.device | None, wall
             f"{splits.name}: {len(splits.train)} unlabelled train / {len(splits.val) if splits.val else 0} val images, "
             f"global batch {config.data.batch_size * world.world_size}, device {device}, precision "
             f"{session.amp_dtype or 'fp32'}")
-        for line in lines:
-            say(line)
+        for i, view in enumerate(views):
+            say(f"view {i + 1}: {view}")
+        say(made)
         say(lr["text"])
         settings = PretrainSettings(device=device, amp_dtype=session.amp_dtype, momentum=config.pretrain.momentum,
                                     checkpoint_every=config.train.checkpoint_every, log_every=config.train.log_every,
                                     progress=progress)
         every, epochs = config.pretrain.knn_every, config.schedule.epochs
+        test_knn = None
         while state.epoch < epochs:
             start_epoch(loader, state.epoch, state.micro)
             started, done_before = time.perf_counter(), state.micro
@@ -205,10 +187,12 @@ def _pretrain(config: RunConfig, world: World, device: torch.device | None, wall
             record: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
                                       "train_loss": loss, "train_seconds": seconds,
                                       "train_images_per_s": images / max(seconds, 1e-9)}
-            if world.is_main and ((every and (state.epoch + 1) % every == 0) or state.epoch + 1 == epochs):
-                top1 = knn_monitor(backbone, config, session)
-                if top1 is not None:
-                    record["val_knn_top1"] = top1
+            last = state.epoch + 1 == epochs
+            if world.is_main and ((every and (state.epoch + 1) % every == 0) or last):
+                scores = knn_monitor(backbone, config, session, ("val", "test") if last else ("val",))
+                if "val" in scores:
+                    record["val_knn_top1"] = scores["val"]
+                test_knn = scores.get("test")
             record["elapsed_s"] = time.perf_counter() - wall_start
             state.history.append(record)
             state.epoch, state.micro, state.loss_sum = state.epoch + 1, 0, 0.0
@@ -220,7 +204,9 @@ def _pretrain(config: RunConfig, world: World, device: torch.device | None, wall
             checkpointer(state)
         if run is None:
             return None, {}
-        return run.path, _finish(run, config, session, backbone, state, wall_start, plan, say)
+        if test_knn is None:  # resumed after the last epoch's checkpoint: its scores were not kept
+            test_knn = knn_monitor(backbone, config, session, ("test",)).get("test")
+        return run.path, _finish(run, config, session, backbone, state, test_knn, views, wall_start, plan, say)
     finally:
         if run is not None:
             run.close()
@@ -232,9 +218,9 @@ def _percent(value: float | None) -> str:
 
 
 def _finish(run: RunWriter, config: RunConfig, session: Session, backbone: nn.Module, state: PretrainState,
-            wall_start: float, plan: ResumePlan, say) -> dict[str, Any]:
-    """The backbone's weights, the k-NN of validation (monitor) and of test (scored once, with the recipe's k and
-    temperature), results.json and the pages."""
+            test_knn: float | None, views: list[str], wall_start: float, plan: ResumePlan, say) -> dict[str, Any]:
+    """The backbone's weights, the k-NN of validation (monitor) and of test (scored once at the last epoch, with the
+    recipe's k and temperature), results.json and the pages."""
     splits = session.splits
     run.final_write(layout.WEIGHTS, lambda: save_weights(backbone, run.path / layout.WEIGHTS,
                                                          model_metadata(config, splits, backbone, "pretrain")))
@@ -242,7 +228,6 @@ def _finish(run: RunWriter, config: RunConfig, session: Session, backbone: nn.Mo
     block = config.pretrain
     train_seconds = sum(r["train_seconds"] for r in state.history)
     images = sum(r["train_images_per_s"] * r["train_seconds"] for r in state.history)
-    test_knn = knn_monitor(backbone, config, session, queries="test")
     results = {
         "kind": "pretrain", "run": run.path.name, "method": block.method, "model": config.model.name,
         "dataset": splits.name, "params": count_params(backbone), "classes": splits.classes,
@@ -253,7 +238,7 @@ def _finish(run: RunWriter, config: RunConfig, session: Session, backbone: nn.Mo
                 "val_top1": val_scores[-1] if val_scores else None, "best_val_top1": max(val_scores, default=None),
                 "test_top1": test_knn},
         "reference": reference_gap(config, test_knn) if test_knn is not None else None,
-        "views": [describe(s) for s in view_settings(block.method, splits.image_size, block.views)],
+        "views": views,
         "train_time_s": train_seconds, "images_per_s": images / max(train_seconds, 1e-9),
         "wall_time_s": time.perf_counter() - wall_start,
         "resumed_from": plan.point.checkpoint.name if plan.point else None,

@@ -123,6 +123,60 @@ def agree_on(value: Any, world: World) -> Any:
     return box[0]
 
 
+def write_exact(folder: Path | None, config: RunConfig, world: World, state: Any, partial: dict[str, Any],
+                tensors: dict[str, torch.Tensor], optimizer, scheduler, scaler, classes: list[str], *,
+                best_step: int | None = None, kind: str | None = None) -> None:
+    """One exact-resume checkpoint of training or pretraining: every process's RNG streams and `partial` epoch sums
+    (gathered from all ranks), the tensors after a finite check, optimizer, schedule and scaler; written by rank 0
+    (`folder` is None elsewhere)."""
+    mine = {"rng": rng_states(), **partial}
+    ranks = [mine]
+    if world.distributed:
+        ranks = [None] * world.world_size
+        dist.all_gather_object(ranks, mine)
+    floats = [(k, v) for k, v in tensors.items() if v.is_floating_point()]
+    finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).tolist() if floats else []  # one device sync
+    if not all(finite):  # a checkpoint of NaN weights would be a trap: the error promises the older ones are good
+        broken = [k for (k, _), ok in zip(floats, finite) if not ok]
+        where = intact_list(folder) if folder is not None else "on rank 0"
+        raise CheckpointError(f"step {state.step}: {len(broken)} weight tensor(s) are no longer finite (first: "
+                              f"{broken[0]}), so no checkpoint is written of them; the checkpoints already written "
+                              f"are intact ({where}). The learning rate is probably too high: lower optim.lr, or "
+                              "set train.grad_clip_norm")
+    if folder is None:
+        return
+    training = {"state": state.to_dict(), "ranks": ranks, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None}
+    info = {"epoch": state.epoch, "micro": state.micro, "world_size": world.world_size, "classes": classes,
+            "config_hash": config_hash(config), "config": to_dict(config), **({"kind": kind} if kind else {})}
+    write_checkpoint(folder, state.step, tensors, training, info)
+    prune(folder, config.train.keep_checkpoints, best_step)
+
+
+def load_exact(point: ResumePoint, config: RunConfig, world: World, optimizer, scheduler,
+               scaler) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Read a checkpoint of the same experiment and process count into optimizer, schedule, scaler and this
+    process's RNG streams; returns its tensors, the saved state and this rank's partial sums for the caller."""
+    check_same_experiment(point.manifest["config"], config)
+    tensors, training, _ = load_checkpoint(point.checkpoint)
+    ranks = training["ranks"]
+    if len(ranks) != world.world_size:
+        raise ConfigError(f"cannot resume: the checkpoint was written by {len(ranks)} process(es), this job has "
+                          f"{world.world_size}; resume with the same process count")
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    if scaler is not None and training["scaler"]:
+        scaler.load_state_dict(training["scaler"])
+    mine = ranks[world.rank]
+    restore_rng_states(mine["rng"])
+    return tensors, training["state"], mine
+
+
+def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors saved under `prefix.`, with it removed."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
+
+
 class Checkpointer:
     """Saves everything a bitwise-exact resume needs into <run>/checkpoints/, on rank 0 only."""
 
@@ -130,56 +184,24 @@ class Checkpointer:
         self.folder, self.config, self.world, self.trainee, self.classes = folder, config, world, trainee, classes
 
     def __call__(self, state: TrainState) -> None:
-        mine = {"rng": rng_states(), "loss_sum": state.loss_sum, "correct": state.correct, "seen": state.seen}
-        ranks = [mine]
-        if self.world.distributed:
-            ranks = [None] * self.world.world_size
-            dist.all_gather_object(ranks, mine)  # each process's RNG streams and partial-epoch sums
         trainee = self.trainee
         tensors = {f"model.{k}": v for k, v in unwrap(trainee.model).state_dict().items()}
         if trainee.ema is not None:
             tensors.update({f"ema.{k}": v for k, v in trainee.ema.state_dict().items()})
-        floats = [(k, v) for k, v in tensors.items() if v.is_floating_point()]
-        finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).tolist() if floats else []  # one device sync
-        if not all(finite):  # a checkpoint of NaN weights would be a trap: the error promises the older ones are good
-            broken = [k for (k, _), ok in zip(floats, finite) if not ok]
-            where = intact_list(self.folder) if self.folder is not None else "on rank 0"
-            raise CheckpointError(f"step {state.step}: {len(broken)} weight tensor(s) are no longer finite (first: "
-                                  f"{broken[0]}), so no checkpoint is written of them; the checkpoints already written "
-                                  f"are intact ({where}). The learning rate is probably too high: lower optim.lr, or "
-                                  "set train.grad_clip_norm")
-        if self.folder is None:
-            return
-        training = {"state": state.to_dict(), "ranks": ranks, "optimizer": trainee.optimizer.state_dict(),
-                    "scheduler": trainee.scheduler.state_dict(),
-                    "scaler": trainee.scaler.state_dict() if trainee.scaler else None}
-        info = {"epoch": state.epoch, "micro": state.micro, "world_size": self.world.world_size, "classes": self.classes,
-                "config_hash": config_hash(self.config), "config": to_dict(self.config)}
-        write_checkpoint(self.folder, state.step, tensors, training, info)
-        prune(self.folder, self.config.train.keep_checkpoints, state.best_step)
+        write_exact(self.folder, self.config, self.world, state,
+                    {"loss_sum": state.loss_sum, "correct": state.correct, "seen": state.seen}, tensors,
+                    trainee.optimizer, trainee.scheduler, trainee.scaler, self.classes, best_step=state.best_step)
 
 
 def restore(point: ResumePoint, config: RunConfig, world: World, trainee: Trainee, classes: list[str]) -> TrainState:
     """Load a checkpoint into freshly built objects and every RNG; returns the training position to continue from."""
-    check_same_experiment(point.manifest["config"], config)
     if point.manifest.get("classes") != classes:
         raise ConfigError(f"cannot resume: the data's classes {classes} differ from the checkpoint's "
                           f"{point.manifest.get('classes')}")
-    tensors, training, _ = load_checkpoint(point.checkpoint)
-    unwrap(trainee.model).load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    tensors, saved, mine = load_exact(point, config, world, trainee.optimizer, trainee.scheduler, trainee.scaler)
+    unwrap(trainee.model).load_state_dict(prefixed(tensors, "model"))
     if trainee.ema is not None:
-        trainee.ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
-    trainee.optimizer.load_state_dict(training["optimizer"])
-    trainee.scheduler.load_state_dict(training["scheduler"])
-    if trainee.scaler is not None and training["scaler"]:
-        trainee.scaler.load_state_dict(training["scaler"])
-    state = TrainState.from_dict(training["state"])
-    ranks = training["ranks"]
-    if world.rank < len(ranks) and len(ranks) == world.world_size:
-        mine = ranks[world.rank]
-        state.loss_sum, state.correct, state.seen = mine["loss_sum"], mine["correct"], mine["seen"]
-        restore_rng_states(mine["rng"])
-    else:
-        raise ConfigError(f"cannot resume: the checkpoint was written by {len(ranks)} process(es), this job has "
-                          f"{world.world_size}; resume with the same process count")
+        trainee.ema.load_state_dict(prefixed(tensors, "ema"))
+    state = TrainState.from_dict(saved)
+    state.loss_sum, state.correct, state.seen = mine["loss_sum"], mine["correct"], mine["seen"]
     return state

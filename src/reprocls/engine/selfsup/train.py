@@ -52,14 +52,13 @@ class PretrainSettings:
 
 
 def pretrain_one_epoch(method: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, state: PretrainState, *,
-                       momentum: float = 0.99, device: torch.device = torch.device("cpu"),
                        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                        settings: PretrainSettings | None = None, scaler: torch.amp.GradScaler | None = None,
                        checkpoint: Callable[[PretrainState], None] | None = None,
                        log_step: Callable[[int, dict[str, float]], None] | None = None) -> float:
     """One pass over (first, second, label) batches, or the rest of it when `state.micro` says the epoch is under
     way (the loader then starts there); returns the epoch's mean loss over all processes. Labels are never used."""
-    settings = settings or PretrainSettings(device=device, momentum=momentum)
+    settings = settings or PretrainSettings()
     device, core = settings.device, unwrap(method)
     method.train()
     total = len(loader) if hasattr(loader, "__len__") else None
