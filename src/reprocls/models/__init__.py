@@ -96,7 +96,8 @@ def warn_if_input_too_small(model: nn.Module, image_size: int) -> str | None:
     return None
 
 
-# Every module in this package that does not start with '_' is a model family: importing it registers it.
+# Every module in this package that does not start with '_' is a model family (or spaces.py, the search spaces
+# over them): importing it registers it.
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

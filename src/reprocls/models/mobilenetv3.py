@@ -84,11 +84,12 @@ class MobileNetV3(FeatureStack):
         dropout: float = 0.2,
         stochastic_depth_prob: float = 0.0,
         grad_checkpointing: bool = False,
+        stem_stride: int = 2,
     ) -> None:
         super().__init__()
-        self.stem_stride, self.default_input_size = 2, (in_chans, 224, 224)
+        self.stem_stride, self.default_input_size = stem_stride, (in_chans, 224, 224)
         width = make_divisible(STEM_WIDTH * width_mult)
-        layers: list[nn.Module] = [ConvNormAct(in_chans, width, 3, stride=2, norm=BatchNorm, act=HS)]
+        layers: list[nn.Module] = [ConvNormAct(in_chans, width, 3, stride=stem_stride, norm=BatchNorm, act=HS)]
         for block_id, (kernel, expanded, out, use_se, act, stride) in enumerate(blocks):
             expanded, out = make_divisible(expanded * width_mult), make_divisible(out * width_mult)
             se = None
@@ -165,3 +166,34 @@ def mobilenet_v3_large(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: 
 def mobilenet_v3_small(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Small, 2.5 M parameters (Howard et al. 2019, "Searching for MobileNetV3")."""
     return MobileNetV3(SMALL, 1024, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def stage_rows(depths: tuple[int, ...], widths: tuple[int, ...], expansions: tuple[int, ...],
+               kernels: tuple[int, ...], se: tuple[bool, ...], strides: tuple[int, ...]) -> tuple[BlockRow, ...]:
+    """Per-stage settings written out as the paper's block table: the first block of a stage carries its stride,
+    the first half of the stages use ReLU and the rest h-swish, as in both of the paper's tables."""
+    settings = (depths, widths, expansions, kernels, se, strides)
+    if len({len(values) for values in settings}) != 1:
+        raise ValueError(f"depths, widths, expansions, kernels, se and strides need one entry per stage (got lengths "
+                         f"{[len(values) for values in settings]})")
+    if min(depths) < 1 or any(k not in (3, 5, 7) for k in kernels) or min(expansions) < 1:
+        raise ValueError(f"depths {depths} >= 1, kernels {kernels} of 3, 5 or 7 and expansions {expansions} >= 1")
+    rows: list[BlockRow] = []
+    for stage, (depth, width, expansion, kernel, use_se, stride) in enumerate(zip(*settings)):
+        act = RE if stage < len(depths) // 2 else HS
+        rows += [(kernel, width * expansion, width, bool(use_se), act, stride if block == 0 else 1)
+                 for block in range(depth)]
+    return tuple(rows)
+
+
+@register_model
+def mobilenet_v3_stages(*, depths: tuple[int, ...] = (1, 2, 3, 2), widths: tuple[int, ...] = (16, 24, 40, 80),
+                        expansions: tuple[int, ...] = (1, 4, 3, 6), kernels: tuple[int, ...] = (3, 3, 5, 3),
+                        se: tuple[bool, ...] = (False, False, True, True), strides: tuple[int, ...] = (1, 2, 2, 2),
+                        hidden_width: int = 512, stem_stride: int = 1, num_classes: int = 10, in_chans: int = 3,
+                        **kwargs: Any) -> MobileNetV3:
+    """MobileNetV3 blocks with each stage's depth, expansion, kernel and squeeze-excite free, sized for 28-32 px
+    inputs (stride-1 stem): the network behind the mobilenet search space (models/spaces.py)."""
+    rows = stage_rows(tuple(depths), tuple(widths), tuple(expansions), tuple(kernels), tuple(se), tuple(strides))
+    return MobileNetV3(rows, hidden_width, stem_stride=stem_stride, num_classes=num_classes, in_chans=in_chans,
+                       **kwargs)

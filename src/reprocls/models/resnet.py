@@ -19,8 +19,8 @@ Stem = Literal["imagenet", "cifar"]
 Shortcut = Literal["A", "B"]
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, kernel_size: int = 3) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -49,16 +49,17 @@ def shortcut(in_planes: int, out_planes: int, stride: int, kind: Shortcut) -> nn
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection."""
+    """Two 3x3 convolutions (k x k in a searched network) with a residual connection."""
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut_kind: Shortcut = "B") -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut_kind: Shortcut = "B",
+                 kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.conv1 = conv3x3(in_planes, planes, stride, kernel_size)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
+        self.conv2 = conv3x3(planes, planes, kernel_size=kernel_size)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = shortcut(in_planes, planes, stride, shortcut_kind)
 
@@ -74,12 +75,13 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut_kind: Shortcut = "B") -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut_kind: Shortcut = "B",
+                 kernel_size: int = 3) -> None:
         super().__init__()
         out_planes = planes * self.expansion
         self.conv1 = conv1x1(in_planes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
+        self.conv2 = conv3x3(planes, planes, stride, kernel_size)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, out_planes)
         self.bn3 = nn.BatchNorm2d(out_planes)
@@ -95,7 +97,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(PooledFcClassifier):
-    """A stem, one stage per entry of `depths` (stride 2 after the first), global pooling and a linear head."""
+    """A stem, one stage per entry of `depths` (stride 2 after the first), global pooling and a linear head.
+    `stem_stride` (CIFAR stem only) and `kernel_size` (every block's k x k convolutions) are search-space knobs."""
 
     def __init__(
         self,
@@ -104,6 +107,8 @@ class ResNet(PooledFcClassifier):
         widths: tuple[int, ...],
         *,
         stem: Stem = "imagenet",
+        stem_stride: int = 1,
+        kernel_size: int = 3,
         shortcut_kind: Shortcut = "B",
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -111,6 +116,8 @@ class ResNet(PooledFcClassifier):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        if kernel_size not in (1, 3, 5, 7):
+            raise ValueError(f"kernel_size {kernel_size}: use an odd size of 1, 3, 5 or 7")
         self.stem_type = stem
         stem_width = widths[0]
         if stem == "imagenet":
@@ -118,9 +125,11 @@ class ResNet(PooledFcClassifier):
             self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
             self.stem_stride, self.default_input_size = 4, (in_chans, 224, 224)
         else:
-            self.conv1 = conv3x3(in_chans, stem_width)
+            if stem_stride not in (1, 2):
+                raise ValueError(f"stem_stride {stem_stride}: the CIFAR stem takes 1 (full resolution) or 2")
+            self.conv1 = conv3x3(in_chans, stem_width, stem_stride)
             self.maxpool = nn.Identity()
-            self.stem_stride, self.default_input_size, self.designed_input_size = 1, (in_chans, 32, 32), 32
+            self.stem_stride, self.default_input_size, self.designed_input_size = stem_stride, (in_chans, 32, 32), 32
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
 
@@ -130,7 +139,7 @@ class ResNet(PooledFcClassifier):
             blocks = []
             for block_index in range(depth):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(block(in_planes, width, stride, shortcut_kind))
+                blocks.append(block(in_planes, width, stride, shortcut_kind, kernel_size))
                 in_planes = width * block.expansion
             name = f"layer{index + 1}"
             self.add_module(name, nn.Sequential(*blocks))
@@ -168,6 +177,18 @@ def _cifar_resnet(depth: int, num_classes: int, in_chans: int, kwargs: dict[str,
     kwargs.setdefault("shortcut_kind", "A")
     kwargs.setdefault("stem", "cifar")
     return ResNet(BasicBlock, (n, n, n), (16, 32, 64), num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def cifar_resnet(*, depths: tuple[int, ...] = (3, 3, 3), widths: tuple[int, ...] = (16, 32, 64), kernel_size: int = 3,
+                 stem_stride: int = 1, num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> ResNet:
+    """A CIFAR-style ResNet with every stage's depth and width free (the defaults are ResNet-20): the network
+    behind the resnet_cifar search space (models/spaces.py), so a found architecture is an ordinary recipe."""
+    if len(depths) != len(widths) or not depths or min(depths) < 1 or min(widths) < 1:
+        raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)}: one positive entry per stage in both")
+    kwargs.setdefault("shortcut_kind", "A")
+    return ResNet(BasicBlock, tuple(depths), tuple(widths), stem="cifar", stem_stride=stem_stride,
+                  kernel_size=kernel_size, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 @register_model
