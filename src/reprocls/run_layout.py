@@ -42,6 +42,10 @@ BEST_YAML = "best.yaml"  # the best trial as a ready-to-train recipe
 HISTORY_PNG = "history.png"
 IMPORTANCE_PNG = "importance.png"
 TRIALS = "trials"  # one run folder per trial
+NAS_JSON = "nas.json"  # reprocls nas: every candidate measured, the Pareto front, proxy rank correlations
+FRONT = "front"  # reprocls nas: one ready recipe per Pareto-front member
+PARETO_PNG = "pareto.png"
+PROXY_IMAGES = "proxy_images.pt"  # the training images the data-dependent zero-cost proxies score candidates on
 
 # A reproduction folder (reprocls reproduce): <output_dir>/<name>-reproduce-<UTC stamp>/
 RECIPE = "recipe.yaml"  # the resolved recipe every seed trains
@@ -98,6 +102,11 @@ def read_config(folder: Path) -> dict | None:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
     return raw if isinstance(raw, dict) else None
+
+
+def is_nas(folder: Path) -> bool:
+    """A finished architecture search: a study folder with its nas.json."""
+    return (folder / NAS_JSON).exists()
 
 
 def is_study(folder: Path) -> bool:

@@ -84,6 +84,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nas(args: argparse.Namespace) -> int:
+    from reprocls.experiments.tune.nas import nas
+
+    recipe = read_recipe(args)
+    doctor_first(args, recipe)
+    summary = nas(recipe, space=args.space, budget_macs=args.budget_macs, trials=args.trials,
+                  budget_latency_ms=args.budget_latency_ms, latency_batch=args.latency_batch,
+                  proxy_epochs=args.proxy_epochs, proxy=args.proxy, sampler=args.sampler, pruner=args.pruner,
+                  workers=args.workers,
+                  storage=args.storage, study_name=args.study, out=args.out, seed=args.seed, prefilter=args.prefilter,
+                  progress=not args.quiet)
+    return 0 if summary["front"] else 1
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from reprocls.experiments.reproduce import reproduce
 
@@ -264,9 +278,11 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         comment = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
         model, data = (raw.get("model") or {}).get("name", "resnet20"), (raw.get("data") or {}).get("name", "fashion_mnist")
         print(f"  {name:<40} {model} on {data}" + (f": {comment}" if comment else ""))
-    for folder, words in (("compress", "compression plans (reprocls compress RUN --plan NAME)"),
-                          ("search", "search spaces (reprocls tune RECIPE --space NAME)")):
-        names = sorted(p.stem for p in (root / folder).glob("*.yaml"))
+    plans, searches = ([p.stem for p in sorted((root / folder).glob("*.yaml"))] for folder in ("compress", "search"))
+    listings = (("compression plans (reprocls compress RUN --plan NAME)", plans),
+                ("search spaces (reprocls tune RECIPE --space NAME)", [n for n in searches if not n.startswith("nas_")]),
+                ("architecture spaces (reprocls nas RECIPE --space NAME)", [n for n in searches if n.startswith("nas_")]))
+    for words, names in listings:
         print(f"{words}: {', '.join(names)}")
     return 0
 

@@ -26,6 +26,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, recipe_help: str, ov
 
 def build_parser() -> argparse.ArgumentParser:
     from reprocls import __version__
+    from reprocls.analysis.proxies import PROXIES
     from reprocls.compress.formats import EXPORT_FORMATS
     from reprocls.experiments.tune.strategies import PRUNERS, SAMPLERS
 
@@ -73,6 +74,36 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", help="study folder (default: <output_dir>/<study>-study)")
     tune.add_argument("--seed", type=int, default=0, help="sampler seed")
     tune.set_defaults(func=cmd.cmd_tune)
+
+    nas = sub.add_parser("nas", help="architecture search under a MACs (and latency) budget: a Pareto front of ready "
+                         "recipes, the reference network trained alike, proxies checked against the parameter count")
+    add_training_arguments(nas, "the recipe every candidate trains with (its model is replaced)",
+                           "dotted key=value overrides applied to every candidate and to the front's recipes")
+    nas.add_argument("--space", required=True, help="architecture space YAML (space: resnet_cifar | mobilenet, "
+                     "optional knobs: narrowing), e.g. nas_resnet_cifar")
+    nas.add_argument("--budget-macs", required=True, help="MACs per image a candidate may cost: 15M, 1.5e7, or 50%% "
+                     "of the space's reference network; over-budget candidates never train")
+    nas.add_argument("--budget-latency-ms", type=float, help="also a forward latency budget, measured on this machine")
+    nas.add_argument("--latency-batch", type=int, default=1, help="batch size the latency budget is measured at")
+    nas.add_argument("--trials", type=int, required=True, help="candidates to train in total (never-trained ones "
+                     "do not count)")
+    nas.add_argument("--proxy-epochs", type=int, help="epochs each candidate trains in the search (default: the "
+                     "recipe's); the front's recipes keep the recipe's schedule")
+    nas.add_argument("--proxy", action="append", default=[], metavar="KEY=VALUE", help="a recipe override for the "
+                     "search's trainings only, e.g. --proxy data.limit_train=20000 (repeatable); not in the front's "
+                     "recipes")
+    nas.add_argument("--sampler", choices=[n for n in SAMPLERS.names() if n != "grid"], default="tpe",
+                     help="how the next candidate is chosen")
+    nas.add_argument("--pruner", choices=PRUNERS.names(), default="hyperband", help="how poor candidates stop early")
+    nas.add_argument("--prefilter", choices=[name for name in PROXIES.names() if name != "params"],
+                     help="skip candidates this zero-cost proxy ranks low, only while it beats the parameter count's "
+                     "rank correlation on the trained ones")
+    nas.add_argument("--workers", type=int, default=1, help="candidates trained in parallel on this machine")
+    nas.add_argument("--storage", help="database URL shared by several machines (default: SQLite in the study folder)")
+    nas.add_argument("--study", help="study name (default: <recipe name>-nas)")
+    nas.add_argument("--out", help="study folder (default: <output_dir>/<study>-study)")
+    nas.add_argument("--seed", type=int, default=0, help="sampler seed")
+    nas.set_defaults(func=cmd.cmd_nas)
 
     reproduce = sub.add_parser("reproduce", help="train a recipe with several seeds; mean +- std and a verdict")
     add_training_arguments(reproduce, "YAML recipe with a reference: block", "dotted key=value overrides")

@@ -8,6 +8,7 @@ from typing import Callable
 
 from reprocls import run_layout as layout
 from reprocls.registry import Registry
+from reprocls.reports.nas_page import write_nas_page
 from reprocls.reports.pretrain_page import write_pretrain_pages
 from reprocls.reports.reproduction_page import write_reproduction_page
 from reprocls.reports.run_page import write_run_pages
@@ -19,6 +20,7 @@ PAGES: Registry[PageWriter] = Registry("report page")
 PAGES.register(write_run_pages, name="run", info=(lambda folder: layout.is_run(folder) and not
                                                   layout.is_pretraining_run(folder), "a run folder (results.json)"))
 PAGES.register(write_pretrain_pages, name="pretrain", info=(layout.is_pretraining_run, "a `reprocls pretrain` run"))
+PAGES.register(write_nas_page, name="nas", info=(layout.is_nas, "an architecture search (nas.json)"))
 PAGES.register(write_study_page, name="study", info=(layout.is_study, "a study folder (study.json)"))
 PAGES.register(write_reproduction_page, name="reproduction",
                info=(layout.is_reproduction, "a reproduction folder (reproduction.json)"))

@@ -17,9 +17,10 @@ from reprocls.config import ConfigError, RunConfig
 from reprocls.engine.checkpoint import newest_valid
 from reprocls.experiments.resume import check_same_experiment
 from reprocls.experiments.run import train_recipe
+from reprocls.experiments.tune.architecture import admit
 from reprocls.experiments.tune.plan import SearchPlan
 from reprocls.experiments.tune.space import suggest_param
-from reprocls.experiments.tune.storage import HOST, find_run, process_stat, spends_budget
+from reprocls.experiments.tune.storage import HOST, SKIPPED, find_run, process_stat, spends_budget
 from reprocls.experiments.tune.summary import trial_line
 from reprocls.reports.folders import read_history, scored_validation
 
@@ -50,7 +51,8 @@ class Objective:
             raise BudgetReached(f"{len(ahead)} trials already spend the budget of {self.plan.trials}")
         folder = Path(self.plan.folder)
         try:
-            config = self.plan.recipe.with_values(params, output_dir=str(folder / layout.TRIALS), name=name)
+            values = params if self.plan.architecture is None else admit(self.plan.architecture, trial, params)
+            config = self.plan.recipe.with_values(values, output_dir=str(folder / layout.TRIALS), name=name)
             if config.train.threads is None:
                 torch.set_num_threads(self.threads)
             resume = self.resume_point(trial, config)
@@ -64,7 +66,8 @@ class Objective:
                 raise ConfigError("the trial has no validation split to score; set data.val_fraction (or data.split) "
                                   "so a validation split exists")
         except optuna.TrialPruned:
-            self.record_run(trial, folder, name)
+            if SKIPPED not in trial.user_attrs:
+                self.record_run(trial, folder, name)
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)

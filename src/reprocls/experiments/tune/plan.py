@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
 
@@ -27,6 +28,7 @@ class SearchPlan:
     epochs: int
     shared: bool  # the storage came from --storage, so other machines may be drawing from the same sampler seed
     progress: bool
+    architecture: Any = None  # reprocls nas: an ArchitecturePlan (space, budget, proxies); None for reprocls tune
 
     def decoded_space(self) -> dict[str, BaseDistribution]:
         """The space as searched, decoded from the JSON that crosses the spawn boundary."""

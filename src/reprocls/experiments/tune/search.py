@@ -22,8 +22,8 @@ from reprocls.config import ConfigError, Recipe, load_recipe
 from reprocls.experiments.tune.objective import Objective
 from reprocls.experiments.tune.plan import SearchPlan
 from reprocls.experiments.tune.space import describe_distribution, grid_points, load_space, reachable_values
-from reprocls.experiments.tune.storage import (HOST, check_study, check_study_folder, masked, open_storage, quiet_optuna,
-                                               recover_orphans, requeue_interrupted, spends_budget)
+from reprocls.experiments.tune.storage import (HOST, SKIPPED, check_study, check_study_folder, masked, open_storage,
+                                               quiet_optuna, recover_orphans, requeue_interrupted, spends_budget)
 from reprocls.experiments.tune.strategies import PRUNERS, SAMPLERS, make_pruner
 from reprocls.experiments.tune.summary import format_summary, summarize, write_best_recipe
 from reprocls.files import atomic_write_json
@@ -52,6 +52,11 @@ def run_worker(plan: SearchPlan, worker: int = 0) -> None:
         objective = Objective(plan, worker)
         while True:
             trials = study.get_trials(deepcopy=False)
+            arch = plan.architecture
+            if arch is not None and sum(SKIPPED in t.user_attrs for t in trials) >= arch.max_skips:
+                print(f"note: {arch.max_skips} candidates drawn over the budget; the budget leaves too "
+                      "little of the space: raise --budget-macs or narrow the space's knobs", file=sys.stderr)
+                return
             finished = sum(spends_budget(t) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             if finished + running < plan.trials:
@@ -88,10 +93,11 @@ def run_workers(plan: SearchPlan) -> None:
 def tune(recipe: Recipe | str | Path | None, overrides: list[str] | tuple[str, ...] = (), *, space: str | Path,
          sampler: str = "tpe", trials: int | None = None, workers: int = 1, pruner: str = "median",
          storage: str | None = None, study_name: str | None = None, out: str | Path | None = None, seed: int = 0,
-         progress: bool = True) -> dict[str, Any]:
+         progress: bool = True, architecture: Any = None) -> dict[str, Any]:
     """Search `space` around a recipe (read already, or a path with overrides); returns the study summary (also in
     <study folder>/study.json). Rerunning the same command resumes the study; the same --storage and --study on
-    other machines add workers to it."""
+    other machines add workers to it. `architecture` (an ArchitecturePlan, from `reprocls nas`) searches its
+    space's knobs instead of recipe keys, the reference network first."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("reprocls tune runs its trials one per process; start it without torchrun and run trials in "
                           "parallel with --workers N (or several tune commands sharing one --storage)")
@@ -107,7 +113,7 @@ def tune(recipe: Recipe | str | Path | None, overrides: list[str] | tuple[str, .
             raise ConfigError(f"{option} {name!r}: choose one of {', '.join(registry.names())}")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: run at least one worker")
-    distributions = load_space(space)
+    distributions = architecture.distributions() if architecture is not None else load_space(space)
     if sampler == "grid":
         size = math.prod(len(values) for values in grid_points(distributions).values())
         if trials is not None and trials > size:
@@ -128,11 +134,15 @@ def tune(recipe: Recipe | str | Path | None, overrides: list[str] | tuple[str, .
         epochs = max(int(value) for value in reachable_values(distributions["schedule.epochs"]))
     plan = SearchPlan(recipe=recipe, space={key: distribution_to_json(d) for key, d in distributions.items()}, sampler=sampler,
                       pruner=pruner, seed=seed, storage=url, study=name, folder=str(folder), trials=trials,
-                      workers=workers, epochs=epochs, shared=storage is not None, progress=progress)
+                      workers=workers, epochs=epochs, shared=storage is not None, progress=progress,
+                      architecture=architecture)
     with quiet_optuna():
         store = open_storage(url, folder)
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
         check_study(study, plan)
+        if architecture is not None and architecture.reference and not study.get_trials(deepcopy=False):
+            study.enqueue_trial({f"arch.{knob}": value for knob, value in architecture.reference.items()},
+                                user_attrs={"reference": True})  # trained first, whatever the budget
         requeued = recover_orphans(study, store, folder) + requeue_interrupted(study, folder)
         before = sum(spends_budget(t) for t in study.get_trials(deepcopy=False))
         threads = base.train.threads or max(1, (os.cpu_count() or 1) // workers)
@@ -146,9 +156,10 @@ def tune(recipe: Recipe | str | Path | None, overrides: list[str] | tuple[str, .
         run_workers(plan)
         summary = summarize(study, folder, url)
     atomic_write_json(folder / layout.STUDY_JSON, summary)  # `reprocls report` may read or rewrite it meanwhile
-    if summary["best"] is not None:
+    if summary["best"] is not None and architecture is None:  # nas writes its front's recipes instead
         write_best_recipe(summary, recipe, folder / layout.BEST_YAML)
     report = write_study_page(folder, summary)
-    print("\n" + format_summary(summary))
-    print(f"report: {report}")
+    print("\n" + format_summary(summary, best_recipe=architecture is None))
+    if architecture is None:  # nas writes its own page next
+        print(f"report: {report}")
     return summary

@@ -32,6 +32,9 @@ def parse_space(raw: Any, source: str = "search space") -> dict[str, BaseDistrib
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{source}: expected a mapping of recipe keys to distributions, e.g. "
                           "'optim.lr: {low: 0.01, high: 0.5, log: true}' or 'data.batch_size: [64, 128, 256]'")
+    if "space" in raw:
+        raise ConfigError(f"{source}: space: {raw['space']} makes this an architecture space: search it with reprocls "
+                          "nas RECIPE --space FILE --budget-macs M --trials N")
     return {str(key): parse_distribution(str(key), spec, source) for key, spec in raw.items()}
 
 

@@ -61,8 +61,14 @@ def open_storage(url: str, folder: str | Path | None = None) -> RDBStorage:
                           "reachable") from None
 
 
+SKIPPED = "skipped"  # user attribute of a reprocls nas candidate that never trained: over budget or prefiltered
+
+
 def spends_budget(trial: FrozenTrial) -> bool:
-    """Complete, pruned and failed-by-its-own-error trials count toward --trials; crashes and surplus do not."""
+    """Complete, pruned and failed-by-its-own-error trials count toward --trials; crashes, surplus and candidates
+    that never trained (over the architecture budget) do not."""
+    if trial.state == TrialState.PRUNED and SKIPPED in trial.user_attrs:
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and "error" in trial.user_attrs
@@ -110,9 +116,10 @@ class Requeue:
                 if not key.startswith("completed_rung_") and key not in ("failed_trial", "retry_history")}
         run_dir = trial.user_attrs.get("run_dir") or (find_run(self.folder, trial.user_attrs.get("run_name"))
                                                       if self.folder is not None else None)
+        inherited = {"reference": True} if trial.user_attrs.get("reference") else {}  # nas: still the baseline
         study.add_trial(optuna.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs={"resume_from": str(run_dir)} if run_dir else {},
+            user_attrs={**inherited, **({"resume_from": str(run_dir)} if run_dir else {})},
             system_attrs={**kept, "failed_trial": trial.number, "retry_history": history}))
 
 
@@ -186,6 +193,15 @@ def check_study(study: optuna.Study, plan: SearchPlan) -> None:
         raise ConfigError(f"--study {plan.study}: the study in {masked(plan.storage)} searches a different space "
                           f"(keys that differ: {', '.join(differs)}); rerun with its original --space file, or start a new "
                           "study with --study NEW_NAME")
+    if plan.architecture is not None:
+        budget = {"space": plan.architecture.space, "budget_macs": plan.architecture.budget_macs,
+                  "budget_latency_ms": plan.architecture.budget_latency_ms,
+                  "latency_batch": plan.architecture.latency_batch}
+        saved = study.user_attrs.get("architecture")
+        if saved is not None and saved != budget:
+            raise ConfigError(f"--study {plan.study}: the study searched {saved} and this command asks for {budget}; "
+                              "rerun with the original space and budget, or start a new study with --study NEW_NAME")
+        study.set_user_attr("architecture", budget)
     study.set_user_attr("command", {"recipe": plan.recipe.path, "overrides": list(plan.recipe.overrides),
                                     "sampler": plan.sampler,
                                     "pruner": plan.pruner, "seed": plan.seed, "trials": plan.trials,

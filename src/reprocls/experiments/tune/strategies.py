@@ -35,7 +35,9 @@ def random(plan: SearchPlan, worker_seed: int) -> Any:
 
 @SAMPLERS.register
 def tpe(plan: SearchPlan, worker_seed: int) -> Any:
-    """Tree-structured Parzen estimator; running trials count as taken (constant liar), so workers spread out."""
+    """Tree-structured Parzen estimator; running trials count as taken (constant liar), so workers spread out. In an
+    architecture search each candidate carries its budget constraints (Trial.set_constraint), which TPE reads, so it
+    learns where the budget ends."""
     import optuna
 
     return optuna.samplers.TPESampler(seed=worker_seed, constant_liar=True)

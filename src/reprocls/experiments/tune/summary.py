@@ -17,7 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 from reprocls import run_layout as layout
 from reprocls.config import ConfigError, Recipe, load_config, set_key
 from reprocls.experiments.tune.space import describe_distribution
-from reprocls.experiments.tune.storage import GRACE_S, find_run, masked, open_storage, quiet_optuna, spends_budget
+from reprocls.experiments.tune.storage import (GRACE_S, SKIPPED, find_run, masked, open_storage, quiet_optuna,
+                                               spends_budget)
 from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.reports.study_page import write_study_page
 from reprocls.reports.tables import format_grid, format_value
@@ -41,6 +42,8 @@ def trial_line(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
     if trial.state == TrialState.COMPLETE:
         outcome = f"val top-1 {100 * trial.value:.2f} %"
+    elif SKIPPED in attrs:
+        outcome = f"not trained: {attrs[SKIPPED]}"
     elif trial.state == TrialState.PRUNED:
         last = trial.intermediate_values.get(max(trial.intermediate_values)) if trial.intermediate_values else None
         outcome = f"pruned at epoch {attrs.get('pruned_at_epoch', '?')}"
@@ -59,7 +62,7 @@ def summarize(study: optuna.Study, folder: Path, url: str) -> dict[str, Any]:
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None  # ties: the earliest trial
     importance, note = param_importance(study, complete)
-    states = ("complete", "pruned", "failed", "running", "waiting")
+    states = ("complete", "pruned", "failed", "running", "waiting", "not trained")
     counts = {state: sum(row["state"] == state for row in rows) for state in states}
     command = study.user_attrs.get("command", {})
     return {
@@ -76,7 +79,8 @@ def summarize(study: optuna.Study, folder: Path, url: str) -> dict[str, Any]:
 def trial_row(trial: FrozenTrial, folder: Path) -> dict[str, Any]:
     """One trial as study.json records it: plain values a report can be rebuilt from without the database."""
     attrs = trial.user_attrs
-    state = "skipped" if attrs.get("surplus") else trial.state.name.lower().replace("fail", "failed")
+    state = ("skipped" if attrs.get("surplus") else "not trained" if SKIPPED in attrs
+             else trial.state.name.lower().replace("fail", "failed"))
     curve = sorted(trial.intermediate_values.items())
     return {
         "number": trial.number, "state": state, "params": trial.params,
@@ -85,7 +89,7 @@ def trial_row(trial: FrozenTrial, folder: Path) -> dict[str, Any]:
         "pruned_at_epoch": attrs.get("pruned_at_epoch"), "curve": [[step, value] for step, value in curve],
         "run_dir": attrs.get("run_dir") or (str(found) if (found := find_run(folder, attrs.get("run_name"))) else None),
         "host": attrs.get("host"), "duration_s": trial.duration.total_seconds() if trial.duration else None,
-        "error": failure(trial) if state == "failed" else None,
+        "error": failure(trial) if state == "failed" else attrs.get(SKIPPED),
         "retry_of": trial.system_attrs.get("failed_trial"),
     }
 
@@ -132,7 +136,7 @@ def write_best_recipe(summary: dict[str, Any], recipe: Recipe, path: Path) -> Pa
     return atomic_write_text(path, text)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: dict[str, Any], *, best_recipe: bool = True) -> str:
     """The compact table printed when tune ends."""
     keys = list(summary["space"])
     rows = [["trial", "state", "val top-1", *keys, "epochs", "time"]]
@@ -143,14 +147,17 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{row['duration_s']:.0f} s" if row["duration_s"] is not None else "-"])
     counts = summary["counts"]
     lines = [f"study {summary['study']!r}: {summary['finished']} of {summary['trials_target']} trials finished "
-             f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed)", format_grid(rows)]
+             f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
+             + (f"; {counts['not trained']} not trained: over budget" if counts.get("not trained") else "") + ")",
+             format_grid(rows)]
     best = summary["best"]
     if best is None:
         lines.append("no trial completed, so there is no best recipe")
     else:
         lines.append(f"best: trial {best['number']}, val top-1 {100 * best['value']:.2f} %: "
                      + ", ".join(f"{k}={format_value(v)}" for k, v in best["params"].items()))
-        lines.append(f"train it: reprocls train {Path(summary['folder']) / layout.BEST_YAML}")
+        if best_recipe:
+            lines.append(f"train it: reprocls train {Path(summary['folder']) / layout.BEST_YAML}")
     return "\n".join(lines)
 
 
