@@ -173,8 +173,8 @@ def test_report_dispatches_on_the_folder_kind(tmp_path: Path, monkeypatch, capsy
         assert write_html_report(folder) == folder / "report.html"
     assert written == [("study", tmp_path / "study"), ("reproduction", tmp_path / "reproduction")]
     assert main(["report", str(tmp_path)]) == 2
-    assert ("pass a run folder (results.json), a `reprocls pretrain` run, a study folder (study.json) or a reproduction "
-            "folder") in capsys.readouterr().err
+    assert ("pass a run folder (results.json), a `reprocls pretrain` run, an architecture search (nas.json), a study "
+            "folder (study.json) or a reproduction folder") in capsys.readouterr().err
 
 
 def test_distributed_style_partial_log_falls_back_to_a_full_pass(tiny_run, tmp_path: Path) -> None:

@@ -205,11 +205,14 @@ def model_table(pattern: str | None = None, input_size: tuple[int, ...] | None =
 
 
 def family_representatives() -> dict[str, str]:
-    """The smallest registered model (fewest parameters) of each family module, for quick per-family checks."""
+    """The smallest registered model (fewest parameters) of each family module, for quick per-family checks; a
+    search space's builder (cifar_resnet, ...) is left out: its defaults are a zoo network already counted."""
     from reprocls.models import MODELS, list_models
+    from reprocls.models.spaces import SPACES, space_info
 
+    builders = {space_info(space).model for space in SPACES.names()}
     smallest: dict[str, tuple[int, str]] = {}
-    for name in list_models():
+    for name in (name for name in list_models() if name not in builders):
         family = MODELS.get(name).__module__.rsplit(".", 1)[-1]
         candidate = (count_params(build_for_counting(name)), name)
         smallest[family] = min(smallest.get(family, candidate), candidate)
