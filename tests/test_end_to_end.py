@@ -75,12 +75,11 @@ def test_eval_reproduces_results_json(trained, capsys: pytest.CaptureFixture) ->
 
 
 def test_same_seed_same_metrics(fmnist_root: Path, tmp_path: Path) -> None:
-    runs = [train_recipe(small_recipe(fmnist_root, tmp_path, "data.limit_train=1000", "schedule.epochs=1"),
-                         progress=False, echo=False)[1] for _ in range(2)]
+    short = ["data.limit_train=1000", "data.limit_eval=500", "schedule.epochs=1"]
+    runs = [train_recipe(small_recipe(fmnist_root, tmp_path, *short), progress=False, echo=False)[1] for _ in range(2)]
     assert runs[0]["test"]["top1"] == runs[1]["test"]["top1"]
     assert runs[0]["test"]["loss"] == runs[1]["test"]["loss"]
-    other = train_recipe(small_recipe(fmnist_root, tmp_path, "data.limit_train=1000", "schedule.epochs=1", "seed=1"),
-                         progress=False, echo=False)[1]
+    other = train_recipe(small_recipe(fmnist_root, tmp_path, *short, "seed=1"), progress=False, echo=False)[1]
     assert other["test"]["loss"] != runs[0]["test"]["loss"]
 
 

@@ -39,6 +39,7 @@ def test_without_cuda_it_stops_in_the_preflight_with_the_reason(tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # every part of the script, ~1-2 min: run before a GPU window (make test-all), not on every change
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run for real")
 @pytest.mark.skipif(not (REPO / ".data/FashionMNIST/raw/train-images-idx3-ubyte").exists()
                     and not fashion_mnist_available(), reason="Fashion-MNIST not installed")

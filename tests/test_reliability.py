@@ -181,11 +181,15 @@ def test_resume_on_data_with_other_classes_is_refused() -> None:
         restore(point, config, World(), None, ["cat", "bird"])
 
 
-def test_resume_of_another_recipe_names_the_differing_keys(fmnist_root: Path, tmp_path: Path) -> None:
-    overrides = [f"data.root={fmnist_root}", *SMALL, "schedule.epochs=1"]
-    assert train_cli(tmp_path, *overrides).returncode == 0
-    changed = train_cli(tmp_path, *overrides, "optim.weight_decay=0.001", extra_args=("--resume", "auto"))
+def test_resume_of_another_recipe_names_the_differing_keys(uninterrupted: Path, fmnist_root: Path,
+                                                            tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / uninterrupted.name
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "results.json").unlink()  # as if killed after its last checkpoint: resume reads that checkpoint
+    changed = train_cli(tmp_path, f"data.root={fmnist_root}", *SMALL, "optim.weight_decay=0.001",
+                        extra_args=("--resume", "auto"))
     assert changed.returncode == 2 and "optim.weight_decay: 0.0005 -> 0.001" in changed.stderr
+    assert "resuming" not in changed.stdout and not (run_dir / "results.json").exists()  # refused before any step
 
 
 # ------------------------------------------------------------------------------------------ checkpoint files

@@ -139,6 +139,7 @@ def test_two_gloo_processes_see_every_image_once_and_the_same_steps_as_one(shard
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~1.5 min; the resumed order is checked above without processes, exact resume in test_reliability
 def test_two_gloo_processes_killed_mid_epoch_resume_byte_identical(shards: Path, tmp_path: Path) -> None:
     # 700 images, 2 processes x 32: 10 optimizer steps per epoch; rank 1 dies at step 14, torchrun restarts both
     overrides = ["data.name=shards", f"data.root={shards}", "data.batch_size=32", "schedule.epochs=2",
