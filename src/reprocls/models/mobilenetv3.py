@@ -195,5 +195,7 @@ def mobilenet_v3_stages(*, depths: tuple[int, ...] = (1, 2, 3, 2), widths: tuple
     """MobileNetV3 blocks with each stage's depth, expansion, kernel and squeeze-excite free, sized for 28-32 px
     inputs (stride-1 stem): the network behind the mobilenet search space (models/spaces.py)."""
     rows = stage_rows(tuple(depths), tuple(widths), tuple(expansions), tuple(kernels), tuple(se), tuple(strides))
-    return MobileNetV3(rows, hidden_width, stem_stride=stem_stride, num_classes=num_classes, in_chans=in_chans,
-                       **kwargs)
+    model = MobileNetV3(rows, hidden_width, stem_stride=stem_stride, num_classes=num_classes, in_chans=in_chans,
+                        **kwargs)
+    model.default_input_size, model.designed_input_size = (in_chans, 32, 32), 32
+    return model
