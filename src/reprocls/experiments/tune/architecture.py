@@ -4,6 +4,7 @@ network from ever training."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ class ArchitecturePlan:
 
     def distributions(self) -> dict[str, CategoricalDistribution]:
         return {f"{KNOB}{knob}": CategoricalDistribution(list(choices)) for knob, choices in self.knobs.items()}
+
+    def reference_params(self) -> dict[str, Any]:
+        """The reference point as the study's trial parameters, to enqueue it first."""
+        return {f"{KNOB}{knob}": value for knob, value in self.reference.items()}
 
 
 def load_architecture_space(path: str | Path) -> tuple[str, dict[str, tuple[Any, ...]]]:
@@ -99,13 +104,12 @@ def measure(plan: ArchitecturePlan, point: dict[str, Any]) -> dict[str, Any]:
     """A candidate before training: its model and builder arguments, params, MACs per image and, when a latency
     budget is set, its median forward latency on this machine at --latency-batch."""
     model_name, kwargs = model_kwargs_of(plan.space, point)
-    kwargs = {**kwargs, "in_chans": plan.input_size[0], "num_classes": plan.num_classes}
-    counted = measure_complexity(model_name, plan.input_size, **kwargs)
-    facts: dict[str, Any] = {"model": model_name, "kwargs": {k: v for k, v in kwargs.items()
-                                                             if k not in ("in_chans", "num_classes")},
-                             "params": counted["params"], "macs": counted["macs"]}
+    shape = {"in_chans": plan.input_size[0], "num_classes": plan.num_classes}
+    counted = measure_complexity(model_name, plan.input_size, **kwargs, **shape)
+    facts: dict[str, Any] = {"model": model_name, "kwargs": kwargs, "params": counted["params"],
+                             "macs": counted["macs"]}
     if plan.budget_latency_ms is not None:
-        model = create_model(model_name, **kwargs).eval()
+        model = create_model(model_name, **kwargs, **shape).eval()
         sample = torch.zeros(*plan.input_size)  # one image; latency() repeats it to the batch
         with torch.inference_mode():
             facts["latency_ms"] = latency_ms(model, sample, plan.latency_batch)
@@ -122,12 +126,17 @@ def over_budget(plan: ArchitecturePlan, facts: dict[str, Any]) -> str | None:
     return None
 
 
+@functools.cache
+def proxy_batch(path: str) -> torch.Tensor:
+    """The saved proxy images, read once per process rather than once per candidate."""
+    return torch.load(path, weights_only=True)
+
+
 def proxy_scores(plan: ArchitecturePlan, facts: dict[str, Any]) -> dict[str, float]:
     """Each zero-cost proxy of the untrained candidate (seeded, so a retry scores the same), params included."""
     if not plan.proxies:
         return {"params": float(facts["params"])}
-    images = torch.load(plan.proxy_images, weights_only=True) if plan.proxy_images else torch.randn(
-        16, *plan.input_size)
+    images = proxy_batch(plan.proxy_images) if plan.proxy_images else torch.randn(16, *plan.input_size)
     torch.manual_seed(0)
     model = create_model(facts["model"], **facts["kwargs"], in_chans=plan.input_size[0], num_classes=plan.num_classes)
     scores = {"params": float(facts["params"])}

@@ -55,12 +55,11 @@ def zoo_references(names: tuple[str, ...], input_size: tuple[int, int, int], num
 
 def candidate_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
-    row = {"trial": trial.number, "state": trial.state.name.lower(), "knobs": point_of(trial.params),
-           "model": attrs.get("model"), "kwargs": attrs.get("kwargs"), "params": attrs.get("params"),
-           "macs": attrs.get("macs"), "latency_ms": attrs.get("latency_ms"), "proxies": attrs.get("proxies"),
-           "reference": bool(attrs.get("reference")), "skipped": attrs.get(SKIPPED), "run_dir": attrs.get("run_dir"),
-           "val_top1": trial.value if trial.state == TrialState.COMPLETE else None}
-    return row
+    return {"trial": trial.number, "state": trial.state.name.lower(), "knobs": point_of(trial.params),
+            "model": attrs.get("model"), "kwargs": attrs.get("kwargs"), "params": attrs.get("params"),
+            "macs": attrs.get("macs"), "latency_ms": attrs.get("latency_ms"), "proxies": attrs.get("proxies"),
+            "reference": bool(attrs.get("reference")), "skipped": attrs.get(SKIPPED), "run_dir": attrs.get("run_dir"),
+            "val_top1": trial.value if trial.state == TrialState.COMPLETE else None}
 
 
 def front_recipe(full: Recipe, row: dict[str, Any]) -> dict[str, Any]:
@@ -190,4 +189,4 @@ def print_summary(summary: dict[str, Any]) -> None:
         for name, value in rho.items():
             if name != "params" and value is not None and baseline is not None:
                 print(f"  {name} {'beats' if value > baseline else 'does not beat'} the parameter count")
-    print("confirm a front member with the full schedule over seeds: reprocls reproduce <front recipe> --seeds 0 1 2")
+    print("confirm a front member with the full schedule over seeds: reprocls reproduce <front recipe> --seeds 3")

@@ -148,7 +148,7 @@ def format_summary(summary: dict[str, Any], *, best_recipe: bool = True) -> str:
     counts = summary["counts"]
     lines = [f"study {summary['study']!r}: {summary['finished']} of {summary['trials_target']} trials finished "
              f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
-             + (f"; {counts['not trained']} not trained: over budget" if counts.get("not trained") else "") + ")",
+             + (f"; {counts['not trained']} not trained: over budget or prefiltered" if counts.get("not trained") else "") + ")",
              format_grid(rows)]
     best = summary["best"]
     if best is None:
