@@ -49,6 +49,10 @@ class ArchitecturePlan:
     def distributions(self) -> dict[str, CategoricalDistribution]:
         return {f"{KNOB}{knob}": CategoricalDistribution(list(choices)) for knob, choices in self.knobs.items()}
 
+    def shape(self) -> dict[str, int]:
+        """The builder arguments every candidate shares: the task's input channels and classes."""
+        return {"in_chans": self.input_size[0], "num_classes": self.num_classes}
+
     def reference_params(self) -> dict[str, Any]:
         """The reference point as the study's trial parameters, to enqueue it first."""
         return {f"{KNOB}{knob}": value for knob, value in self.reference.items()}
@@ -104,12 +108,11 @@ def measure(plan: ArchitecturePlan, point: dict[str, Any]) -> dict[str, Any]:
     """A candidate before training: its model and builder arguments, params, MACs per image and, when a latency
     budget is set, its median forward latency on this machine at --latency-batch."""
     model_name, kwargs = model_kwargs_of(plan.space, point)
-    shape = {"in_chans": plan.input_size[0], "num_classes": plan.num_classes}
-    counted = measure_complexity(model_name, plan.input_size, **kwargs, **shape)
+    counted = measure_complexity(model_name, plan.input_size, **kwargs, **plan.shape())
     facts: dict[str, Any] = {"model": model_name, "kwargs": kwargs, "params": counted["params"],
                              "macs": counted["macs"]}
     if plan.budget_latency_ms is not None:
-        model = create_model(model_name, **kwargs, **shape).eval()
+        model = create_model(model_name, **kwargs, **plan.shape()).eval()
         sample = torch.zeros(*plan.input_size)  # one image; latency() repeats it to the batch
         with torch.inference_mode():
             facts["latency_ms"] = latency_ms(model, sample, plan.latency_batch)
@@ -138,7 +141,7 @@ def proxy_scores(plan: ArchitecturePlan, facts: dict[str, Any]) -> dict[str, flo
         return {"params": float(facts["params"])}
     images = proxy_batch(plan.proxy_images) if plan.proxy_images else torch.randn(16, *plan.input_size)
     torch.manual_seed(0)
-    model = create_model(facts["model"], **facts["kwargs"], in_chans=plan.input_size[0], num_classes=plan.num_classes)
+    model = create_model(facts["model"], **facts["kwargs"], **plan.shape())
     scores = {"params": float(facts["params"])}
     for name in plan.proxies:
         value = PROXIES.get(name)(model, images)

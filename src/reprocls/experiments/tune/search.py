@@ -141,7 +141,8 @@ def tune(recipe: Recipe | str | Path | None, overrides: list[str] | tuple[str, .
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
         check_study(study, plan)
         if architecture is not None and architecture.reference and not study.get_trials(deepcopy=False):
-            study.enqueue_trial(architecture.reference_params(), user_attrs={"reference": True})  # trained first, whatever the budget
+            # the reference trains first, whatever the budget
+            study.enqueue_trial(architecture.reference_params(), user_attrs={"reference": True})
         requeued = recover_orphans(study, store, folder) + requeue_interrupted(study, folder)
         before = sum(spends_budget(t) for t in study.get_trials(deepcopy=False))
         threads = base.train.threads or max(1, (os.cpu_count() or 1) // workers)
