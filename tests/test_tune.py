@@ -333,6 +333,34 @@ def test_an_ema_trial_is_judged_by_the_weights_it_keeps(fmnist_root: Path, tmp_p
     assert trial.value == trial.intermediate_values[2] == summary["best"]["value"]
 
 
+def test_a_point_proposed_again_reuses_its_result_and_a_spent_space_ends_the_search(tmp_path: Path, monkeypatch,
+                                                                                     capsys) -> None:
+    from reprocls.experiments.tune import objective
+
+    trained: list[float] = []
+
+    def fake_training(config, **kwargs):  # the score is a function of the point, so a repeat must return it
+        trained.append(config.optim.lr)
+        run_dir = tmp_path / "runs" / f"run{len(trained)}"
+        run_dir.mkdir(parents=True)
+        return run_dir, {"val": {"top1": config.optim.lr}}
+
+    monkeypatch.setattr(objective, "train_recipe", fake_training)
+    space = write_space(tmp_path, "optim.lr: [0.1, 0.2]\n")  # two points, three trials asked: TPE must repeat
+    summary = tune(RECIPE, [f"output_dir={tmp_path}"], space=space, sampler="tpe", trials=3, pruner="none",
+                   progress=False)
+    assert sorted(trained) == [0.1, 0.2]  # each point trained once, however often it was proposed
+    repeats = [row for row in summary["trials"] if row["state"] == "repeat"]
+    assert len(repeats) >= 25 and summary["finished"] == 2 and summary["counts"]["complete"] == 2
+    originals = {row["number"]: row for row in summary["trials"] if row["state"] == "complete"}
+    for row in repeats:
+        original = originals[row["repeat_of"]]
+        assert row["value"] == original["value"] == row["params"]["optim.lr"] and row["run_dir"] == original["run_dir"]
+    assert summary["best"]["value"] == 0.2 and summary["best"]["state"] == "complete"
+    captured = capsys.readouterr()
+    assert "looks exhausted" in captured.err and "repeated an earlier point, not trained again" in captured.out
+
+
 @pytest.mark.slow
 def test_an_invalid_combination_fails_its_trial_not_the_study(fmnist_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, "schedule.warmup_epochs: [0.5, 4.0]\n")  # 4 warmup epochs of 2 cannot be built

@@ -81,7 +81,7 @@ def plot_trial_curves(rows: list[dict[str, Any]], best: int | None) -> plt.Figur
     histories: dict[str, list[dict[str, Any]]] = {}
     labels: dict[str, dict[str, Any]] = {}
     for row in rows:
-        history = trial_history(row)
+        history = trial_history(row) if row["state"] != "repeat" else None  # a repeat's run is its original's
         if history:
             label = f"trial {row['number']}" + (" (best)" if row["number"] == best else
                                                 f" ({row['state']})" if row["state"] != "complete" else "")
@@ -146,7 +146,9 @@ def write_study_page(folder: str | Path, summary: dict[str, Any] | None = None) 
     table_rows = [["trial", "state", *keys, "val top-1", "pruned at epoch", "duration", "note"]]
     for row in rows:
         value = row["value"] if row["value"] is not None else row["last_val_top1"]
-        note = row["error"] or (f"retry of trial {row['retry_of']}" if row["retry_of"] is not None else "")
+        note = row["error"] or (f"retry of trial {row['retry_of']}" if row["retry_of"] is not None else
+                                f"the point of trial {row['repeat_of']}, not trained again"
+                                if row.get("repeat_of") is not None else "")
         table_rows.append([row["number"], row["state"], *[format_value(row["params"].get(k, "-")) for k in keys],
                            f"{100 * value:.2f} %" if value is not None else "-", row["pruned_at_epoch"] or "",
                            f"{row['duration_s']:.0f} s" if row["duration_s"] is not None else "-", note])

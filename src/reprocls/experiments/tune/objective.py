@@ -20,7 +20,7 @@ from reprocls.experiments.run import train_recipe
 from reprocls.experiments.tune.architecture import admit
 from reprocls.experiments.tune.plan import SearchPlan
 from reprocls.experiments.tune.space import suggest_param
-from reprocls.experiments.tune.storage import HOST, SKIPPED, find_run, process_stat, spends_budget
+from reprocls.experiments.tune.storage import HOST, REPEAT_OF, SKIPPED, find_run, process_stat, spends_budget
 from reprocls.experiments.tune.summary import trial_line
 from reprocls.reports.folders import read_history, scored_validation
 
@@ -44,6 +44,9 @@ class Objective:
         for key, value in {"host": HOST, "pid": os.getpid(), "process_start": stat[1] if stat else None,
                            "run_name": name, "worker": self.worker}.items():
             trial.set_user_attr(key, value)
+        original = self.trained_before(trial)
+        if original is not None:
+            return self.repeat(trial, original)
         ahead = [t for t in trial.study.get_trials(deepcopy=False)
                  if t.number < trial.number and (spends_budget(t) or t.state == TrialState.RUNNING)]
         if len(ahead) >= self.plan.trials:
@@ -78,6 +81,25 @@ class Objective:
             raise
         trial.set_user_attr("run_dir", str(Path(run_dir).resolve()))
         return float(results["val"]["top1"])
+
+    @staticmethod
+    def trained_before(trial: optuna.Trial) -> FrozenTrial | None:
+        """The complete trial that already trained this trial's point: samplers propose a point of a discrete space
+        again, and a second training would only spend the budget on the same answer."""
+        return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.params == trial.params and REPEAT_OF not in t.user_attrs), None)
+
+    @staticmethod
+    def repeat(trial: optuna.Trial, original: FrozenTrial) -> float:
+        """The original's result again, without training: its measured facts and budget constraints copied, so the
+        sampler reads the repeat like the original; it does not count toward --trials."""
+        trial.set_user_attr(REPEAT_OF, original.number)
+        for key in ("run_dir", "model", "kwargs", "params", "macs", "latency_ms", "proxies"):
+            if key in original.user_attrs:
+                trial.set_user_attr(key, original.user_attrs[key])
+        for key, value in original.constraints.items():
+            trial.set_constraint(key, value)
+        return float(original.value)
 
     @staticmethod
     def resume_point(trial: optuna.Trial, config: RunConfig) -> Path | None:

@@ -22,8 +22,9 @@ from reprocls.config import ConfigError, Recipe, load_recipe
 from reprocls.experiments.tune.objective import Objective
 from reprocls.experiments.tune.plan import SearchPlan
 from reprocls.experiments.tune.space import describe_distribution, grid_points, load_space, reachable_values
-from reprocls.experiments.tune.storage import (HOST, SKIPPED, check_study, check_study_folder, masked, open_storage,
-                                               quiet_optuna, recover_orphans, requeue_interrupted, spends_budget)
+from reprocls.experiments.tune.storage import (HOST, REPEAT_OF, SKIPPED, check_study, check_study_folder, masked,
+                                               open_storage, quiet_optuna, recover_orphans, requeue_interrupted,
+                                               spends_budget)
 from reprocls.experiments.tune.strategies import PRUNERS, SAMPLERS, make_pruner
 from reprocls.experiments.tune.summary import format_summary, summarize, write_best_recipe
 from reprocls.files import atomic_write_json
@@ -31,6 +32,7 @@ from reprocls.recipe import check_names
 from reprocls.reports.study_page import write_study_page
 
 POLL_S = 2.0  # how often a worker with nothing left to start checks whether the others' trials ended
+REPEATS_IN_A_ROW = 25  # proposals of points already trained, one after another, before a search calls its space spent
 
 
 def worker_seed(plan: SearchPlan, worker: int, existing: int) -> int:
@@ -38,6 +40,12 @@ def worker_seed(plan: SearchPlan, worker: int, existing: int) -> int:
     replay its first points) and, for a shared storage, the host."""
     host = zlib.crc32(HOST.encode()) if plan.shared else 0
     return (plan.seed + worker + 1009 * existing + host) % 2**32
+
+
+def space_spent(trials: list) -> bool:
+    """True when the sampler's last proposals were all repeats of trained points (a small discrete space used up)."""
+    ended = [t for t in trials if t.state != TrialState.RUNNING][-REPEATS_IN_A_ROW:]
+    return len(ended) == REPEATS_IN_A_ROW and all(REPEAT_OF in t.user_attrs for t in ended)
 
 
 def run_worker(plan: SearchPlan, worker: int = 0) -> None:
@@ -56,6 +64,10 @@ def run_worker(plan: SearchPlan, worker: int = 0) -> None:
             if arch is not None and sum(SKIPPED in t.user_attrs for t in trials) >= arch.max_skips:
                 print(f"note: {arch.max_skips} candidates drawn over the budget; the budget leaves too "
                       "little of the space: raise --budget-macs or narrow the space's knobs", file=sys.stderr)
+                return
+            if space_spent(trials):
+                print(f"note: the last {REPEATS_IN_A_ROW} points proposed had all been trained already; the space "
+                      "looks exhausted: widen it or lower --trials", file=sys.stderr)
                 return
             finished = sum(spends_budget(t) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)

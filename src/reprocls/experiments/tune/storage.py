@@ -62,12 +62,13 @@ def open_storage(url: str, folder: str | Path | None = None) -> RDBStorage:
 
 
 SKIPPED = "skipped"  # user attribute of a reprocls nas candidate that never trained: over budget or prefiltered
+REPEAT_OF = "repeat_of"  # user attribute of a trial whose point an earlier complete trial trained: its number
 
 
 def spends_budget(trial: FrozenTrial) -> bool:
-    """Complete, pruned and failed-by-its-own-error trials count toward --trials; crashes, surplus and candidates
-    that never trained (over the architecture budget) do not."""
-    if trial.state == TrialState.PRUNED and SKIPPED in trial.user_attrs:
+    """Complete, pruned and failed-by-its-own-error trials count toward --trials; crashes, surplus, candidates
+    that never trained (over the architecture budget) and repeats of a point already trained do not."""
+    if (trial.state == TrialState.PRUNED and SKIPPED in trial.user_attrs) or REPEAT_OF in trial.user_attrs:
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True

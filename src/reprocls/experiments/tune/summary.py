@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from reprocls import run_layout as layout
 from reprocls.config import ConfigError, Recipe, load_config, set_key
 from reprocls.experiments.tune.space import describe_distribution
-from reprocls.experiments.tune.storage import (GRACE_S, SKIPPED, find_run, masked, open_storage, quiet_optuna,
+from reprocls.experiments.tune.storage import (GRACE_S, REPEAT_OF, SKIPPED, find_run, masked, open_storage, quiet_optuna,
                                                spends_budget)
 from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.reports.study_page import write_study_page
@@ -40,7 +40,9 @@ def trial_line(trial: FrozenTrial) -> str:
     params = "  ".join(f"{key}={format_value(value)}" for key, value in trial.params.items())
     took = f"{trial.duration.total_seconds():.0f} s" if trial.duration else ""
     attrs = trial.user_attrs
-    if trial.state == TrialState.COMPLETE:
+    if REPEAT_OF in attrs:
+        outcome = f"val top-1 {100 * trial.value:.2f} %, the point of trial {attrs[REPEAT_OF]} (not trained again)"
+    elif trial.state == TrialState.COMPLETE:
         outcome = f"val top-1 {100 * trial.value:.2f} %"
     elif SKIPPED in attrs:
         outcome = f"not trained: {attrs[SKIPPED]}"
@@ -59,10 +61,10 @@ def summarize(study: optuna.Study, folder: Path, url: str) -> dict[str, Any]:
     """study.json: every trial (number, state, params, value, run folder, duration) and the best one."""
     trials = study.get_trials(deepcopy=False)
     rows = [trial_row(trial, folder) for trial in trials]
-    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE and REPEAT_OF not in trial.user_attrs]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None  # ties: the earliest trial
     importance, note = param_importance(study, complete)
-    states = ("complete", "pruned", "failed", "running", "waiting", "not trained")
+    states = ("complete", "pruned", "failed", "running", "waiting", "not trained", "repeat")
     counts = {state: sum(row["state"] == state for row in rows) for state in states}
     command = study.user_attrs.get("command", {})
     return {
@@ -80,7 +82,7 @@ def trial_row(trial: FrozenTrial, folder: Path) -> dict[str, Any]:
     """One trial as study.json records it: plain values a report can be rebuilt from without the database."""
     attrs = trial.user_attrs
     state = ("skipped" if attrs.get("surplus") else "not trained" if SKIPPED in attrs
-             else trial.state.name.lower().replace("fail", "failed"))
+             else "repeat" if REPEAT_OF in attrs else trial.state.name.lower().replace("fail", "failed"))
     curve = sorted(trial.intermediate_values.items())
     return {
         "number": trial.number, "state": state, "params": trial.params,
@@ -90,7 +92,7 @@ def trial_row(trial: FrozenTrial, folder: Path) -> dict[str, Any]:
         "run_dir": attrs.get("run_dir") or (str(found) if (found := find_run(folder, attrs.get("run_name"))) else None),
         "host": attrs.get("host"), "duration_s": trial.duration.total_seconds() if trial.duration else None,
         "error": failure(trial) if state == "failed" else attrs.get(SKIPPED),
-        "retry_of": trial.system_attrs.get("failed_trial"),
+        "retry_of": trial.system_attrs.get("failed_trial"), "repeat_of": attrs.get(REPEAT_OF),
     }
 
 
@@ -148,7 +150,9 @@ def format_summary(summary: dict[str, Any], *, best_recipe: bool = True) -> str:
     counts = summary["counts"]
     lines = [f"study {summary['study']!r}: {summary['finished']} of {summary['trials_target']} trials finished "
              f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
-             + (f"; {counts['not trained']} not trained: over budget or prefiltered" if counts.get("not trained") else "") + ")",
+             + (f"; {counts['not trained']} not trained: over budget or prefiltered" if counts.get("not trained") else "")
+             + (f"; {counts['repeat']} repeated an earlier point, not trained again" if counts.get("repeat") else "")
+             + ")",
              format_grid(rows)]
     best = summary["best"]
     if best is None:
