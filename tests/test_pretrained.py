@@ -146,6 +146,18 @@ def test_stages_freeze_and_layer_rates(fmnist_root: Path) -> None:
         fine_tuning(load_config(REPO / "configs/quickstart.yaml", ["model.freeze=9"]), session.model)
 
 
+@pytest.mark.parametrize("depths", [[1, 2, 3], [1, 1, 1], [3, 3, 3]])
+def test_a_stage_of_one_block_is_a_stage_not_part_of_the_stem(depths: list[int]) -> None:
+    from reprocls.models._stages import model_stages
+
+    model = create_model("cifar_resnet", num_classes=10, in_chans=1, depths=depths, widths=[8, 16, 32])
+    stages, head = model_stages(model)
+    assert [s.name for s in stages] == ["stem", "layer1", "layer2", "layer3"]
+    assert stages[0].parameters == ("conv1.weight", "bn1.weight", "bn1.bias")
+    assert all(name.startswith(f"{stage.name}.") for stage in stages[1:] for name in stage.parameters)
+    assert sum(s.size(model) for s in stages) + head.size(model) == sum(p.numel() for p in model.parameters())
+
+
 @pytest.mark.slow
 def test_head_only_warm_up_trains_the_head_first_then_everything(fmnist_root: Path, tmp_path: Path) -> None:
     from reprocls.experiments.run import train_recipe

@@ -26,9 +26,17 @@ class Stage:
         return sum(named[name].numel() for name in self.parameters)
 
 
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
 def _is_block_container(module: nn.Module) -> bool:
-    """A Sequential or ModuleList of two or more children with parameters: a container of blocks or stages."""
-    return isinstance(module, CONTAINERS) and sum(any(True for _ in child.parameters()) for child in module) >= 2
+    """A Sequential or ModuleList of blocks or stages: two or more children with parameters, or one child that is
+    itself built of layers (a stage of a single residual block), not a lone convolution or norm."""
+    if not isinstance(module, CONTAINERS):
+        return False
+    owners = [child for child in module if _has_params(child)]
+    return len(owners) >= 2 or (len(owners) == 1 and any(_has_params(inner) for inner in owners[0].children()))
 
 
 def _params(prefix: str, module: nn.Module, excluded: set[str]) -> tuple[str, ...]:
