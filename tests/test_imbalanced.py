@@ -34,6 +34,13 @@ def test_class_report_agrees_with_scikit_learn() -> None:
     assert report["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
     assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, predicted))
     assert sum(report["support"].values()) == 500
+    # class c never predicted, class d never present: the zero divisions score 0, as scikit-learn's zero_division=0
+    truth, predicted = np.array([0, 0, 1, 1, 2, 2, 0]), np.array([0, 1, 1, 1, 0, 3, 0])
+    report = class_report(confusion_matrix(torch.tensor(predicted), torch.tensor(truth), 4), ["a", "b", "c", "d"])
+    for key, metric in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        expected = metric(truth, predicted, labels=[0, 1, 2, 3], average=None, zero_division=0)
+        assert list(report[key].values()) == pytest.approx(expected), key
+    assert report["support"]["d"] == 0 and report["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
 
 
 @pytest.mark.parametrize("positive", [0, 1])

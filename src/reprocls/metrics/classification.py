@@ -1,6 +1,7 @@
-"""The numbers an imbalanced task is judged by, computed with torchmetrics: precision, recall and F1 per class,
-macro-F1 and balanced accuracy (from the confusion matrix), and for two classes ROC-AUC, PR-AUC, the curves, and
-an operating threshold chosen on validation for a target recall of the positive class."""
+"""The numbers an imbalanced task is judged by: precision, recall and F1 per class, macro-F1 and balanced accuracy
+(exact arithmetic on the confusion matrix), and for two classes ROC-AUC, PR-AUC and the curves (torchmetrics,
+imported only there: it costs every process seconds at start), and an operating threshold chosen on validation for
+a target recall of the positive class."""
 
 from __future__ import annotations
 
@@ -8,34 +9,26 @@ import math
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import (binary_auroc, binary_average_precision,
-                                                    binary_precision_recall_curve, binary_roc, multiclass_f1_score,
-                                                    multiclass_precision, multiclass_recall)
 
 CURVE_POINTS = 200  # points kept of each curve for the report (the numbers are computed on all of them)
 
 
-def expand_confusion(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predictions, targets) with confusion[i, j] pairs (j, i): every confusion-matrix metric is exact on these."""
-    classes = confusion.shape[0]
-    counts = confusion.flatten().long()
-    pairs = torch.arange(classes * classes).repeat_interleave(counts)
-    return pairs % classes, pairs // classes
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator, 0 where the denominator is 0 (scikit-learn's and torchmetrics' zero_division=0)."""
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.zeros_like(numerator))
 
 
 def class_report(confusion: torch.Tensor, classes: list[str]) -> dict[str, Any]:
     """Precision, recall, F1 and support per class; macro-F1 and balanced accuracy over the classes present."""
-    confusion = confusion.cpu()
-    predictions, targets = expand_confusion(confusion)
-    count = len(classes)
-    per_class = {name: metric(predictions, targets, num_classes=count, average=None).tolist()
-                 for name, metric in (("precision", multiclass_precision), ("recall", multiclass_recall),
-                                      ("f1", multiclass_f1_score))}
-    support = confusion.sum(1).tolist()
-    present = [i for i, n in enumerate(support) if n > 0]
+    confusion = confusion.cpu().double()  # confusion[true, predicted]
+    hits, support, predicted = confusion.diagonal(), confusion.sum(1), confusion.sum(0)
+    precision, recall = _ratio(hits, predicted), _ratio(hits, support)
+    f1 = _ratio(2 * hits, support + predicted)  # 2PR / (P + R), 0 when the class is neither present nor predicted
+    per_class = {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
+    present = [i for i, n in enumerate(support.tolist()) if n > 0]
     macro = lambda values: sum(values[i] for i in present) / len(present) if present else math.nan  # noqa: E731
     report: dict[str, Any] = {key: dict(zip(classes, values)) for key, values in per_class.items()}
-    report["support"] = dict(zip(classes, [int(n) for n in support]))
+    report["support"] = dict(zip(classes, [int(n) for n in support.tolist()]))
     report["macro_f1"] = macro(per_class["f1"])
     report["balanced_accuracy"] = macro(per_class["recall"])
     return report
@@ -75,6 +68,9 @@ def _thinned(*series: torch.Tensor) -> list[list[float]]:
 
 def binary_report(scores: torch.Tensor, labels: torch.Tensor, positive: int, threshold: float) -> dict[str, Any]:
     """ROC-AUC, PR-AUC (average precision), the two curves thinned for plotting, and the confusion at `threshold`."""
+    from torchmetrics.functional.classification import (binary_auroc, binary_average_precision,
+                                                        binary_precision_recall_curve, binary_roc)
+
     scores, is_positive = positive_scores(scores.float().cpu(), positive), (labels.cpu() == positive).long()
     fpr, tpr, _ = binary_roc(scores, is_positive)
     precision, recall, _ = binary_precision_recall_curve(scores, is_positive)
