@@ -44,11 +44,11 @@ class Objective:
         for key, value in {"host": HOST, "pid": os.getpid(), "process_start": stat[1] if stat else None,
                            "run_name": name, "worker": self.worker}.items():
             trial.set_user_attr(key, value)
-        original = self.trained_before(trial)
+        earlier = trial.study.get_trials(deepcopy=False)  # read once: for the repeat check and the budget
+        original = self.trained_before(trial, earlier)
         if original is not None:
             return self.repeat(trial, original)
-        ahead = [t for t in trial.study.get_trials(deepcopy=False)
-                 if t.number < trial.number and (spends_budget(t) or t.state == TrialState.RUNNING)]
+        ahead = [t for t in earlier if t.number < trial.number and (spends_budget(t) or t.state == TrialState.RUNNING)]
         if len(ahead) >= self.plan.trials:
             trial.set_user_attr("surplus", True)
             raise BudgetReached(f"{len(ahead)} trials already spend the budget of {self.plan.trials}")
@@ -83,11 +83,11 @@ class Objective:
         return float(results["val"]["top1"])
 
     @staticmethod
-    def trained_before(trial: optuna.Trial) -> FrozenTrial | None:
+    def trained_before(trial: optuna.Trial, trials: list[FrozenTrial]) -> FrozenTrial | None:
         """The complete trial that already trained this trial's point: samplers propose a point of a discrete space
         again, and a second training would only spend the budget on the same answer."""
-        return next((t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if t.params == trial.params and REPEAT_OF not in t.user_attrs), None)
+        return next((t for t in trials if t.state == TrialState.COMPLETE and t.params == trial.params
+                     and REPEAT_OF not in t.user_attrs), None)
 
     @staticmethod
     def repeat(trial: optuna.Trial, original: FrozenTrial) -> float:

@@ -17,8 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 from reprocls import run_layout as layout
 from reprocls.config import ConfigError, Recipe, load_config, set_key
 from reprocls.experiments.tune.space import describe_distribution
-from reprocls.experiments.tune.storage import (GRACE_S, REPEAT_OF, SKIPPED, find_run, masked, open_storage, quiet_optuna,
-                                               spends_budget)
+from reprocls.experiments.tune.storage import (GRACE_S, REPEAT_OF, SKIPPED, find_run, masked, open_storage,
+                                               quiet_optuna, spends_budget)
 from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.reports.study_page import write_study_page
 from reprocls.reports.tables import format_grid, format_value
