@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reprocls.analysis.profile import _cpu_step_peak, _optimizer_tensors, _tensor_bytes, input_kwargs
+from reprocls.analysis.complexity import input_kwargs
+from reprocls.analysis.profile import _cpu_step_peak, _optimizer_tensors, _tensor_bytes
 from reprocls.models import create_model
 
 DEFAULT_MODELS = ["resnet50", "vit_s_16", "efficientnet_b0"]

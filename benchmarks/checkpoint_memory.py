@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from reprocls.analysis.profile import input_kwargs, profile_model
+from reprocls.analysis.complexity import input_kwargs
+from reprocls.analysis.profile import profile_model
 from reprocls.models import create_model
 
 DEFAULT_MODELS = ["resnet50", "vit_s_16", "efficientnet_b0"]

@@ -10,16 +10,9 @@ import torch
 from torch import nn
 
 from reprocls import create_model
-from reprocls.compress import prune as pruning
-from reprocls.compress.prune import (
-    channel_widths,
-    iterative_amounts,
-    make_permanent,
-    prune_channels,
-    prune_unstructured,
-    rebuild_pruned,
-    sparsity,
-)
+from reprocls.compress import channels as pruning
+from reprocls.compress.channels import channel_widths, prune_channels, rebuild_pruned
+from reprocls.compress.prune import iterative_amounts, make_permanent, prune_unstructured, sparsity
 from reprocls.models.resnet import BasicBlock
 
 R20 = {"num_classes": 10, "in_chans": 1}

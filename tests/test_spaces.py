@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reprocls import create_model
-from reprocls.analysis.profile import measure_complexity
+from reprocls.analysis.complexity import measure_complexity
 from reprocls.config import load_config
 from reprocls.models.spaces import SPACES, model_kwargs_of, space_info
 from reprocls.recipe import Shape, build_model

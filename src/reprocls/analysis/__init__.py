@@ -1,7 +1,6 @@
 """Analysis tools: model complexity (params, MACs, latency, memory) and reproduction checks."""
 
-from reprocls.analysis.profile import (
-    ProfileReport,
+from reprocls.analysis.complexity import (
     build_for_counting,
     count_flops,
     count_params,
@@ -9,8 +8,8 @@ from reprocls.analysis.profile import (
     input_kwargs,
     measure_complexity,
     model_table,
-    profile_model,
 )
+from reprocls.analysis.profile import ProfileReport, profile_model
 
 __all__ = [
     "ProfileReport",

@@ -316,7 +316,7 @@ def parse_input_size(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from reprocls.analysis.profile import model_table
+    from reprocls.analysis.complexity import model_table
     from reprocls.models import MODELS, list_models
 
     if not list_models(args.pattern):
@@ -339,7 +339,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from reprocls.analysis.profile import input_kwargs, profile_model
+    from reprocls.analysis.complexity import input_kwargs
+    from reprocls.analysis.profile import profile_model
     from reprocls.models import create_model
 
     size = parse_input_size(args.input)

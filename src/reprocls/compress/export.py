@@ -264,7 +264,7 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     kwargs = dict(num_classes=metadata["num_classes"], in_chans=metadata["in_chans"], **metadata.get("model_kwargs", {}))
     compressed = metadata.get("compressed") or {}
     if compressed.get("prune") == "structured":  # narrower layers: widths from the tensors
-        from reprocls.compress.prune import rebuild_pruned
+        from reprocls.compress.channels import rebuild_pruned
 
         model = rebuild_pruned(metadata["model"], load_safetensors(path), **kwargs).eval()
         if compressed.get("quantize") == "dynamic":

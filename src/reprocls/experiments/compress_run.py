@@ -13,9 +13,10 @@ from torch import nn
 
 from reprocls import run_layout as layout
 from reprocls.compress.export import deployment_metadata, export_program
-from reprocls.analysis.profile import count_flops
+from reprocls.analysis.complexity import count_flops
 from reprocls.compress.measure import SPREAD_WARNING, Variant, latency
-from reprocls.compress.prune import iterative_amounts, make_permanent, prune_channels, prune_unstructured, sparsity
+from reprocls.compress.channels import prune_channels
+from reprocls.compress.prune import iterative_amounts, make_permanent, prune_unstructured, sparsity
 from reprocls.compress.quantize import model_size_bytes
 from reprocls.config import ConfigError, OptimConfig, ScheduleConfig, build, dump, find_config, read_yaml_file
 from reprocls.data import make_loader

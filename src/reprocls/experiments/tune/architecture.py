@@ -16,7 +16,7 @@ import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from reprocls.analysis.profile import measure_complexity
+from reprocls.analysis.complexity import measure_complexity
 from reprocls.analysis.proxies import PROXIES, spearman
 from reprocls.compress.measure import latency_ms
 from reprocls.config import ConfigError, find_config, read_yaml_file

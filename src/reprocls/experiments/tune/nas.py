@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from reprocls import run_layout as layout
-from reprocls.analysis.profile import measure_complexity
+from reprocls.analysis.complexity import measure_complexity
 from reprocls.analysis.proxies import PROXIES
 from reprocls.config import ConfigError, Recipe, load_recipe, set_key
 from reprocls.data import make_loader
