@@ -7,6 +7,9 @@ labelled subset for both (data.limit_train draws a stratified subset from the se
 
 Writes label_efficiency.json and label_efficiency.png to --out and prints mean +- std per fraction and the gain.
 Every run uses the recipe as it is (lr scaled to --batch by its own rule); only the starting weights differ.
+Each finished run is written to the JSON at once, and a rerun into the same --out with the same recipe, backbone and
+overrides skips the runs already there: a killed grid loses only the run in progress, and grids of different seeds
+per fraction (three at 1 %, one at 100 %) merge into one table and one plot.
 """
 
 from __future__ import annotations
@@ -28,13 +31,37 @@ def labelled_images(fraction: float, total: int) -> int:
     return max(10, round(fraction * total))
 
 
+def earlier_runs(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Records of a previous grid in `path` made with the same settings; none when the settings differ."""
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    if any(saved.get(key) != value for key, value in settings.items()):
+        raise SystemExit(f"{path} holds runs of other settings ({ {k: saved.get(k) for k in settings} }); "
+                         "pass another --out or remove it")
+    return list(saved["runs"])
+
+
+def save(path: Path, settings: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Write the grid so far through a temporary file, so a kill mid-write keeps the previous version."""
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps({**settings, "rows": summarise(records), "runs": records}, indent=2))
+    partial.replace(path)
+
+
 def run_grid(recipe: str, pretrained: Path, fractions: list[float], seeds: list[int], *, out: Path,
              overrides: list[str], of: int) -> list[dict[str, Any]]:
-    """One training run per (fraction, start, seed), `fraction` x `of` labelled images; returns their records."""
-    records = []
+    """One training run per (fraction, start, seed), `fraction` x `of` labelled images; returns all records so far."""
+    path = out / "label_efficiency.json"
+    settings = {"recipe": recipe, "pretrained": str(pretrained), "overrides": overrides}
+    records = earlier_runs(path, settings)
+    done = {(r["fraction"], r["start"], r["seed"]) for r in records}
     for fraction in fractions:
         for seed in seeds:
             for start in STARTS:
+                if (fraction, start, seed) in done:
+                    print(f"{fraction:>6.0%} labels  {start:<10}  seed {seed}  already in {path}", flush=True)
+                    continue
                 extra = [f"model.weights={pretrained}"] if start == "pretrained" else []
                 limit = [] if fraction >= 1 else [f"data.limit_train={labelled_images(fraction, of)}"]
                 config = load_config(recipe, [*overrides, *limit, *extra, f"seed={seed}", f"output_dir={out / 'runs'}",
@@ -44,6 +71,7 @@ def run_grid(recipe: str, pretrained: Path, fractions: list[float], seeds: list[
                 record = {"fraction": fraction, "start": start, "seed": seed, "test_top1": results["test"]["top1"],
                           "train_images": config.data.limit_train, "seconds": time.perf_counter() - started}
                 records.append(record)
+                save(path, settings, records)
                 print(f"{fraction:>6.0%} labels  {start:<10}  seed {seed}  test top-1 {100 * record['test_top1']:.2f} %"
                       f"  ({record['seconds']:.0f} s)", flush=True)
     return records
@@ -56,10 +84,13 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"fraction": fraction}
         for start in STARTS:
             scores = [r["test_top1"] for r in records if r["fraction"] == fraction and r["start"] == start]
+            if not scores:
+                break
             row[start] = {"mean": statistics.mean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                           "seeds": len(scores)}
-        row["gain_points"] = 100 * (row["pretrained"]["mean"] - row["scratch"]["mean"])
-        rows.append(row)
+        else:
+            row["gain_points"] = 100 * (row["pretrained"]["mean"] - row["scratch"]["mean"])
+            rows.append(row)
     return rows
 
 
@@ -104,14 +135,13 @@ def main() -> None:
     overrides = [f"schedule.epochs={args.epochs}", f"data.batch_size={args.batch}", *args.overrides]
     records = run_grid(args.recipe, Path(args.pretrained), args.fractions, args.seeds, out=out, overrides=overrides, of=args.of)
     rows = summarise(records)
-    (out / "label_efficiency.json").write_text(json.dumps({"recipe": args.recipe, "pretrained": str(args.pretrained),
-                                                           "overrides": overrides, "rows": rows, "runs": records},
-                                                          indent=2))
-    plot(rows, out / "label_efficiency.png", f"{args.recipe}, {args.epochs} epochs, {len(args.seeds)} seed(s)")
+    seeds = ", ".join(f"{100 * row['fraction']:g} %: {row['scratch']['seeds']}" for row in rows)
+    plot(rows, out / "label_efficiency.png", f"{args.recipe}, {args.epochs} epochs; seeds per point {seeds}")
     for row in rows:
         s, p = row["scratch"], row["pretrained"]
-        print(f"{row['fraction']:>6.0%} labels: scratch {100 * s['mean']:.2f} +- {100 * s['std']:.2f} %, "
-              f"pretrained {100 * p['mean']:.2f} +- {100 * p['std']:.2f} %, gain {row['gain_points']:+.2f} points")
+        print(f"{row['fraction']:>6.0%} labels: scratch {100 * s['mean']:.2f} +- {100 * s['std']:.2f} % "
+              f"({s['seeds']} seeds), pretrained {100 * p['mean']:.2f} +- {100 * p['std']:.2f} % ({p['seeds']} seeds), "
+              f"gain {row['gain_points']:+.2f} points")
     print(f"wrote {out / 'label_efficiency.json'} and {out / 'label_efficiency.png'}")
 
 
