@@ -14,13 +14,12 @@ from typing import Any
 import optuna
 import torch
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
 
 from reprocls.analysis.complexity import measure_complexity
 from reprocls.analysis.proxies import PROXIES, spearman
 from reprocls.compress.measure import latency_ms
 from reprocls.config import ConfigError, find_config, read_yaml_file
-from reprocls.experiments.tune.storage import REPEAT_OF, SKIPPED
+from reprocls.experiments.tune.storage import SKIPPED, trained_to_the_end
 from reprocls.models import create_model
 from reprocls.models.spaces import SPACES, model_kwargs_of, space_info
 from reprocls.registry import suggest
@@ -152,7 +151,7 @@ def proxy_scores(plan: ArchitecturePlan, facts: dict[str, Any]) -> dict[str, flo
 def trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Candidates that finished training with a score, each once (a repeat is its original's result again)."""
     return [t for t in study.get_trials(deepcopy=False)
-            if t.state == TrialState.COMPLETE and "proxies" in t.user_attrs and REPEAT_OF not in t.user_attrs]
+            if trained_to_the_end(t) and "proxies" in t.user_attrs]
 
 
 def correlations(trials: list[optuna.trial.FrozenTrial]) -> dict[str, float | None]:

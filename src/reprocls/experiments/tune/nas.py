@@ -24,7 +24,7 @@ from reprocls.data.datasets import load_dataset
 from reprocls.experiments.tune.architecture import (ArchitecturePlan, correlations, load_architecture_space,
                                                     parse_macs, point_of, trained)
 from reprocls.experiments.tune.search import tune
-from reprocls.experiments.tune.storage import REPEAT_OF, SKIPPED, open_storage, quiet_optuna
+from reprocls.experiments.tune.storage import SKIPPED, is_repeat, open_storage, quiet_optuna
 from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.models.spaces import model_kwargs_of, space_info
 from reprocls.recipe import check_names
@@ -79,7 +79,7 @@ def summarize_nas(study: optuna.Study, folder: Path, plan: ArchitecturePlan, ful
     validation top-1, the zoo's reference marks; front members written as recipes under front/."""
     rows = [candidate_row(t) for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and "macs" in t.user_attrs
-            and REPEAT_OF not in t.user_attrs]  # a repeat is its original's row again
+            and not is_repeat(t)]  # a repeat is its original's row again
     scored = [r for r in rows if r["val_top1"] is not None]
     within = [r for r in scored if r["macs"] <= plan.budget_macs]  # the reference too, when the budget admits it
     front = pareto_front(within)

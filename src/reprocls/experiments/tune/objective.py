@@ -20,7 +20,8 @@ from reprocls.experiments.run import train_recipe
 from reprocls.experiments.tune.architecture import admit
 from reprocls.experiments.tune.plan import SearchPlan
 from reprocls.experiments.tune.space import suggest_param
-from reprocls.experiments.tune.storage import HOST, REPEAT_OF, SKIPPED, find_run, process_stat, spends_budget
+from reprocls.experiments.tune.storage import (HOST, REPEAT_OF, SKIPPED, find_run, process_stat, spends_budget,
+                                              trained_to_the_end)
 from reprocls.experiments.tune.summary import trial_line
 from reprocls.reports.folders import read_history, scored_validation
 
@@ -86,8 +87,7 @@ class Objective:
     def trained_before(trial: optuna.Trial, trials: list[FrozenTrial]) -> FrozenTrial | None:
         """The complete trial that already trained this trial's point: samplers propose a point of a discrete space
         again, and a second training would only spend the budget on the same answer."""
-        return next((t for t in trials if t.state == TrialState.COMPLETE and t.params == trial.params
-                     and REPEAT_OF not in t.user_attrs), None)
+        return next((t for t in trials if trained_to_the_end(t) and t.params == trial.params), None)
 
     @staticmethod
     def repeat(trial: optuna.Trial, original: FrozenTrial) -> float:

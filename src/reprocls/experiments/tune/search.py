@@ -22,7 +22,7 @@ from reprocls.config import ConfigError, Recipe, load_recipe
 from reprocls.experiments.tune.objective import Objective
 from reprocls.experiments.tune.plan import SearchPlan
 from reprocls.experiments.tune.space import describe_distribution, grid_points, load_space, reachable_values
-from reprocls.experiments.tune.storage import (HOST, REPEAT_OF, SKIPPED, check_study, check_study_folder, masked,
+from reprocls.experiments.tune.storage import (HOST, SKIPPED, check_study, check_study_folder, is_repeat, masked,
                                                open_storage, quiet_optuna, recover_orphans, requeue_interrupted,
                                                spends_budget)
 from reprocls.experiments.tune.strategies import PRUNERS, SAMPLERS, make_pruner
@@ -45,7 +45,7 @@ def worker_seed(plan: SearchPlan, worker: int, existing: int) -> int:
 def space_spent(trials: list) -> bool:
     """True when the sampler's last proposals were all repeats of trained points (a small discrete space used up)."""
     ended = [t for t in trials if t.state != TrialState.RUNNING][-REPEATS_IN_A_ROW:]
-    return len(ended) == REPEATS_IN_A_ROW and all(REPEAT_OF in t.user_attrs for t in ended)
+    return len(ended) == REPEATS_IN_A_ROW and all(is_repeat(t) for t in ended)
 
 
 def run_worker(plan: SearchPlan, worker: int = 0) -> None:

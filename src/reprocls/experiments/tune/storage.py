@@ -65,10 +65,20 @@ SKIPPED = "skipped"  # user attribute of a reprocls nas candidate that never tra
 REPEAT_OF = "repeat_of"  # user attribute of a trial whose point an earlier complete trial trained: its number
 
 
+def is_repeat(trial: FrozenTrial) -> bool:
+    """A trial that took an earlier trial's result for the same point instead of training."""
+    return REPEAT_OF in trial.user_attrs
+
+
+def trained_to_the_end(trial: FrozenTrial) -> bool:
+    """Complete with its own training: the trials a best choice, a front or a correlation counts, each once."""
+    return trial.state == TrialState.COMPLETE and not is_repeat(trial)
+
+
 def spends_budget(trial: FrozenTrial) -> bool:
     """Complete, pruned and failed-by-its-own-error trials count toward --trials; crashes, surplus, candidates
     that never trained (over the architecture budget) and repeats of a point already trained do not."""
-    if (trial.state == TrialState.PRUNED and SKIPPED in trial.user_attrs) or REPEAT_OF in trial.user_attrs:
+    if (trial.state == TrialState.PRUNED and SKIPPED in trial.user_attrs) or is_repeat(trial):
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True

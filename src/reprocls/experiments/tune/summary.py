@@ -18,7 +18,7 @@ from reprocls import run_layout as layout
 from reprocls.config import ConfigError, Recipe, load_config, set_key
 from reprocls.experiments.tune.space import describe_distribution
 from reprocls.experiments.tune.storage import (GRACE_S, REPEAT_OF, SKIPPED, find_run, masked, open_storage,
-                                               quiet_optuna, spends_budget)
+                                               quiet_optuna, spends_budget, trained_to_the_end)
 from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.reports.study_page import write_study_page
 from reprocls.reports.tables import format_grid, format_value
@@ -61,7 +61,7 @@ def summarize(study: optuna.Study, folder: Path, url: str) -> dict[str, Any]:
     """study.json: every trial (number, state, params, value, run folder, duration) and the best one."""
     trials = study.get_trials(deepcopy=False)
     rows = [trial_row(trial, folder) for trial in trials]
-    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE and REPEAT_OF not in trial.user_attrs]
+    complete = [trial for trial in trials if trained_to_the_end(trial)]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None  # ties: the earliest trial
     importance, note = param_importance(study, complete)
     states = ("complete", "pruned", "failed", "running", "waiting", "not trained", "repeat")
