@@ -47,7 +47,7 @@ def test_each_batch_is_one_step_with_the_scheduled_momentum() -> None:
 
 def test_a_non_finite_loss_stops_with_the_step_and_what_to_do() -> None:
     method = Recorder(loss_value=float("nan"))
-    with pytest.raises(FloatingPointError, match="at step 3: lower optim.lr"):
+    with pytest.raises(FloatingPointError, match=r"not finite at step 3 \(this process: nan\): lower optim.lr"):
         pretrain_one_epoch(method, batches(2), torch.optim.SGD(method.parameters(), lr=0.1),
                            PretrainState(step=3, total_steps=10))
 

@@ -66,6 +66,16 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def on_every_process(holds: bool, device: torch.device) -> bool:
+    """Whether `holds` is true on all processes (itself in a world of one): a decision to stop that only one
+    process took would leave the others waiting in their next all-reduce."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return holds
+    flag = torch.tensor(1.0 if holds else 0.0, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def all_reduce_sum(*values: torch.Tensor) -> list[torch.Tensor]:
     """Sum tensors over all processes (identity in a world of one); counts and sums, never means."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from reprocls.engine.distributed import all_gather_cat, all_reduce_sum, unwrap
+from reprocls.engine.distributed import all_gather_cat, all_reduce_sum, on_every_process, unwrap
 from reprocls.engine.precision import autocast
 from reprocls.engine.tta import TTA, tta_logits
 from reprocls.metrics import confusion_matrix, per_class_accuracy, topk_correct
@@ -158,8 +158,9 @@ def train_one_epoch(trainee: Trainee, loader: Batches, settings: TrainSettings, 
                 logits = model(images)
                 loss = criterion(logits, targets)
             finite = bool(torch.isfinite(loss))
-            if not finite and settings.on_nonfinite == "stop":
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step + 1}; "
+            if settings.on_nonfinite == "stop" and not on_every_process(finite, device):  # all processes stop together
+                raise FloatingPointError(f"loss became non-finite at epoch {state.epoch + 1}, step {state.step + 1} "
+                                         f"(this process: {loss.item()}); "
                                          "parameters are unchanged and the last checkpoint is intact. Lower optim.lr, add "
                                          "train.grad_clip_norm, or set train.on_nonfinite=skip")
             # a non-finite loss still runs backward (every DDP process must join the all-reduce); its NaN gradients

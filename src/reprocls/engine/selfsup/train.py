@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from reprocls.engine.distributed import all_reduce_sum, unwrap
+from reprocls.engine.distributed import all_reduce_sum, on_every_process, unwrap
 from reprocls.engine.precision import autocast
 from reprocls.engine.selfsup.losses import momentum_at
 from reprocls.engine.train import die_if_asked
@@ -70,9 +70,9 @@ def pretrain_one_epoch(method: nn.Module, loader: Iterable, optimizer: torch.opt
         first, second = first.to(device, non_blocking=True), second.to(device, non_blocking=True)
         with autocast(device, settings.amp_dtype):
             loss = method(first, second, momentum=current)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {state.step}: lower optim.lr; the "
-                                     "checkpoints already written are intact")
+        if not on_every_process(bool(torch.isfinite(loss)), device):  # every process stops, not just the one
+            raise FloatingPointError(f"pretraining loss is not finite at step {state.step} (this process: "
+                                     f"{loss.item()}): lower optim.lr; the checkpoints already written are intact")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
