@@ -12,6 +12,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from reprocls import create_model
 from reprocls.cli import main
 from reprocls.config import ConfigError, DataConfig, explicit_keys, load_config, read_recipe
 from reprocls.data import DATASETS, DatasetSplits, make_loader
@@ -127,6 +128,17 @@ def test_slow_bn_fix_is_long_enough_and_names_the_kwarg_where_the_model_takes_it
     assert "norm_momentum: 0.1" in finding.fix
     assert of(doctor(slow + ["schedule.epochs=26"]), "slow_bn_statistics") == []
     assert of(doctor(slow[:1] + SHORT_96PX), "slow_bn_statistics") == []  # torch's default momentum 0.1
+
+
+def test_the_small_image_mobilenet_keeps_up_with_a_nas_proxy_where_the_reference_momentum_does_not() -> None:
+    # a 4-epoch proxy on 20,000 images at batch 256: 312 BatchNorm updates; at momentum 0.01 the network scored chance
+    proxy = ["model.name=mobilenet_v3_stages", "data.limit_train=20000", "data.batch_size=256", "schedule.epochs=4"]
+    (finding,) = of(doctor([*proxy, "model.kwargs={norm_momentum: 0.01}"]), "slow_bn_statistics")
+    assert "only 312" in finding.message and "norm_momentum: 0.1" in finding.fix
+    assert of(doctor(proxy), "slow_bn_statistics") == []
+    momenta = {name: {m.momentum for m in create_model(name, num_classes=10).modules() if isinstance(m, torch.nn.BatchNorm2d)}
+               for name in ("mobilenet_v3_stages", "mobilenet_v3_small")}
+    assert momenta == {"mobilenet_v3_stages": {0.1}, "mobilenet_v3_small": {0.01}}  # the zoo's keeps its reference's
 
 
 def test_seed_check_is_silent_when_explicit_keys_are_unknown(tmp_path: Path) -> None:

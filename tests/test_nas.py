@@ -15,10 +15,10 @@ import pytest
 from optuna.trial import TrialState
 
 from reprocls.analysis.proxies import ranks, spearman
-from reprocls.config import ConfigError, load_config
+from reprocls.config import ConfigError, load_config, load_recipe
 from reprocls.experiments.tune import objective
 from reprocls.experiments.tune.architecture import load_architecture_space, parse_macs
-from reprocls.experiments.tune.nas import nas, pareto_front
+from reprocls.experiments.tune.nas import doctor_on_reference, nas, pareto_front
 from reprocls.recipe import Shape, build_model
 from reprocls.reports.pages import page_kind
 
@@ -60,6 +60,17 @@ def test_a_space_file_names_a_registered_space_and_only_narrows_its_knobs(tmp_pa
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_architecture_space(tmp_path / "bad.yaml")
+
+
+def test_the_doctor_checks_the_spaces_network_under_the_proxy_schedule_not_the_recipes_model() -> None:
+    searched = load_recipe(REPO / "configs/fashion_mnist/resnet20.yaml", ["data.batch_size=8", "schedule.epochs=4"])
+    findings = doctor_on_reference(searched, "mobilenet")
+    (tiny,) = [f for f in findings if f.check == "tiny_bn_batch"]
+    assert tiny.message.startswith("mobilenet_v3_stages has BatchNorm layers")  # the candidate family, not resnet20
+    assert not [f for f in findings if f.check == "short_schedule"]  # a proxy is short on purpose
+    assert not [f for f in doctor_on_reference(load_recipe(REPO / "configs/fashion_mnist/resnet20.yaml",
+                                                           ["schedule.epochs=4"]), "mobilenet")
+                if f.severity != "info"]
 
 
 @pytest.mark.slow

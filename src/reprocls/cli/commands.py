@@ -87,14 +87,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_nas(args: argparse.Namespace) -> int:
     from reprocls.experiments.tune.nas import nas
 
-    recipe = read_recipe(args)
-    doctor_first(args, recipe)
+    recipe = read_recipe(args)  # the doctor runs inside, on the search's training with the space's reference network
     summary = nas(recipe, space=args.space, budget_macs=args.budget_macs, trials=args.trials,
                   budget_latency_ms=args.budget_latency_ms, latency_batch=args.latency_batch,
                   proxy_epochs=args.proxy_epochs, proxy=args.proxy, sampler=args.sampler, pruner=args.pruner,
                   workers=args.workers,
                   storage=args.storage, study_name=args.study, out=args.out, seed=args.seed, prefilter=args.prefilter,
-                  progress=not args.quiet)
+                  progress=not args.quiet, doctor=not args.no_doctor)
     return 0 if summary["front"] else 1
 
 

@@ -61,7 +61,7 @@ SMALL = (  # Howard et al. 2019, table 2
 )
 STEM_WIDTH = 16
 # BatchNorm of the TensorFlow reference (eps 1e-3, decay 0.99), as torchvision uses for these models.
-BatchNorm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
+NORM_EPS, NORM_MOMENTUM = 1e-3, 0.01
 TIMM_BATCHNORM_EPS = 1e-5  # timm's mobilenetv3_* (not its tf_ ports) keep PyTorch's default
 
 BlockRow = tuple[int, int, int, bool, type[nn.Module], int]
@@ -85,11 +85,13 @@ class MobileNetV3(FeatureStack):
         stochastic_depth_prob: float = 0.0,
         grad_checkpointing: bool = False,
         stem_stride: int = 2,
+        norm_momentum: float = NORM_MOMENTUM,
     ) -> None:
         super().__init__()
+        norm = partial(nn.BatchNorm2d, eps=NORM_EPS, momentum=norm_momentum)
         self.stem_stride, self.default_input_size = stem_stride, (in_chans, 224, 224)
         width = make_divisible(STEM_WIDTH * width_mult)
-        layers: list[nn.Module] = [ConvNormAct(in_chans, width, 3, stride=stem_stride, norm=BatchNorm, act=HS)]
+        layers: list[nn.Module] = [ConvNormAct(in_chans, width, 3, stride=stem_stride, norm=norm, act=HS)]
         for block_id, (kernel, expanded, out, use_se, act, stride) in enumerate(blocks):
             expanded, out = make_divisible(expanded * width_mult), make_divisible(out * width_mult)
             se = None
@@ -98,12 +100,12 @@ class MobileNetV3(FeatureStack):
             layers.append(
                 InvertedResidual(
                     width, out, expanded_channels=expanded, kernel_size=kernel, stride=stride, act=act, se=se,
-                    norm=BatchNorm, stochastic_depth_prob=stochastic_depth_prob * block_id / len(blocks),
+                    norm=norm, stochastic_depth_prob=stochastic_depth_prob * block_id / len(blocks),
                 )
             )
             width = out
         head_width = 6 * width
-        layers.append(ConvNormAct(width, head_width, 1, norm=BatchNorm, act=HS))
+        layers.append(ConvNormAct(width, head_width, 1, norm=norm, act=HS))
         self.features = nn.Sequential(*layers)
         self.num_features = make_divisible(hidden_width * width_mult)  # the pre-logits embedding
         self.classifier = nn.Sequential(
@@ -191,11 +193,15 @@ def mobilenet_v3_stages(*, depths: tuple[int, ...] = (1, 2, 3, 2), widths: tuple
                         expansions: tuple[int, ...] = (1, 4, 3, 6), kernels: tuple[int, ...] = (3, 3, 5, 3),
                         se: tuple[bool, ...] = (False, False, True, True), strides: tuple[int, ...] = (1, 2, 2, 2),
                         hidden_width: int = 512, stem_stride: int = 1, num_classes: int = 10, in_chans: int = 3,
-                        **kwargs: Any) -> MobileNetV3:
+                        norm_momentum: float = 0.1, **kwargs: Any) -> MobileNetV3:
     """MobileNetV3 blocks with each stage's depth, expansion, kernel and squeeze-excite free, sized for 28-32 px
-    inputs (stride-1 stem): the network behind the mobilenet search space (models/spaces.py)."""
+    inputs (stride-1 stem) and short schedules: the network behind the mobilenet search space (models/spaces.py).
+
+    BatchNorm keeps PyTorch's momentum 0.1 here, not the TensorFlow reference's 0.01: at 0.01 the running statistics
+    trail the weights by a few hundred steps, and after a 4-epoch proxy of 78 steps an epoch the network scored
+    chance on validation (train top-1 85 %, val 10 %; 88 % once the statistics were recomputed)."""
     rows = stage_rows(tuple(depths), tuple(widths), tuple(expansions), tuple(kernels), tuple(se), tuple(strides))
     model = MobileNetV3(rows, hidden_width, stem_stride=stem_stride, num_classes=num_classes, in_chans=in_chans,
-                        **kwargs)
+                        norm_momentum=norm_momentum, **kwargs)
     model.default_input_size, model.designed_input_size = (in_chans, 32, 32), 32
     return model

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from reprocls import run_layout as layout
 from reprocls.analysis.complexity import measure_complexity
+from reprocls.analysis.doctor import Finding, diagnose, format_findings
 from reprocls.analysis.proxies import PROXIES
 from reprocls.config import ConfigError, Recipe, load_recipe, set_key
 from reprocls.data import make_loader
@@ -123,7 +124,7 @@ def nas(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()
         proxy: list[str] | tuple[str, ...] = (),
         sampler: str = "tpe", pruner: str = "hyperband", workers: int = 1, storage: str | None = None,
         study_name: str | None = None, out: str | Path | None = None, seed: int = 0, prefilter: str | None = None,
-        proxies: tuple[str, ...] = ("naswot", "synflow"), progress: bool = True) -> dict[str, Any]:
+        proxies: tuple[str, ...] = ("naswot", "synflow"), progress: bool = True, doctor: bool = True) -> dict[str, Any]:
     """Search a registered space under a MACs (and optional latency) budget; returns nas.json's summary. `proxy`
     (key=value) and `proxy_epochs` shorten the candidates' training only: the front's recipes keep the recipe and
     `overrides`. Rerunning the same command resumes the search and ends with exactly `trials` trained candidates."""
@@ -160,6 +161,10 @@ def nas(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()
           f"keep the recipe's schedule ({full.config.schedule.epochs} epochs) and data")
     if not reference:
         print("note: the narrowed knobs exclude the reference network, so it is not trained as a baseline")
+    findings = doctor_on_reference(searched, space_name) if doctor else []
+    if findings:
+        print(f"reproduction doctor, on the search's training with {info.reference_name} in the recipe's place:\n"
+              f"{format_findings(findings)}\n")
     tune(searched, space=space, sampler=sampler, trials=trials, workers=workers, pruner=pruner, storage=storage,
          study_name=name, out=folder, seed=seed, progress=progress, architecture=plan)
     with quiet_optuna():
@@ -169,6 +174,19 @@ def nas(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()
     print_summary(summary)
     print(f"report: {write_nas_page(folder)}")
     return summary
+
+
+def doctor_on_reference(searched: Recipe, space_name: str) -> list[Finding]:
+    """The doctor's checks on the search's own training with the space's reference network in the recipe's model's
+    place: a pitfall of the space's family under the proxy schedule (BatchNorm statistics too slow for it, a stem
+    too coarse) shows before any candidate trains. The paper's schedule is not a proxy's yardstick: no reference."""
+    model, kwargs = model_kwargs_of(space_name, space_info(space_name).reference)
+    config = searched.with_values({"model.name": model, "model.kwargs": kwargs, "model.weights": None}, reference=None)
+    try:
+        return diagnose(config, explicit=set(searched.explicit))
+    except ConfigError as error:  # the first candidate's training meets it too, and says so
+        print(f"reproduction doctor: could not check the search's training: {error}")
+        return []
 
 
 def print_summary(summary: dict[str, Any]) -> None:
