@@ -159,10 +159,9 @@ def train_one_epoch(trainee: Trainee, loader: Batches, settings: TrainSettings, 
                 loss = criterion(logits, targets)
             finite = bool(torch.isfinite(loss))
             if settings.on_nonfinite == "stop" and not on_every_process(finite, device):  # all processes stop together
-                raise FloatingPointError(f"loss became non-finite at epoch {state.epoch + 1}, step {state.step + 1} "
-                                         f"(this process: {loss.item()}); "
-                                         "parameters are unchanged and the last checkpoint is intact. Lower optim.lr, add "
-                                         "train.grad_clip_norm, or set train.on_nonfinite=skip")
+                raise FloatingPointError(f"loss became non-finite at epoch {state.epoch + 1}, step {state.step + 1}; "
+                                         f"this process: {loss.item()}; parameters are unchanged and the last checkpoint "
+                                         "is intact. Lower optim.lr, add train.grad_clip_norm, or set train.on_nonfinite=skip")
             # a non-finite loss still runs backward (every DDP process must join the all-reduce); its NaN gradients
             # then make optimizer_step refuse the step on every process alike
             scaled = loss / accum_steps
