@@ -23,6 +23,7 @@ from typing import Any
 
 from reprocls.config import load_config
 from reprocls.experiments.run import train_recipe
+from reprocls.files import atomic_write_json
 
 STARTS = ("scratch", "pretrained")
 
@@ -43,10 +44,8 @@ def earlier_runs(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def save(path: Path, settings: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    """Write the grid so far through a temporary file, so a kill mid-write keeps the previous version."""
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps({**settings, "rows": summarise(records), "runs": records}, indent=2))
-    partial.replace(path)
+    """Write the grid so far atomically, so a kill mid-write keeps the previous version."""
+    atomic_write_json(path, {**settings, "rows": summarise(records), "runs": records})
 
 
 def run_grid(recipe: str, pretrained: Path, fractions: list[float], seeds: list[int], *, out: Path,
