@@ -17,8 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 from reprocls import run_layout as layout
 from reprocls.config import ConfigError, Recipe, load_config, set_key
 from reprocls.experiments.tune.space import describe_distribution
-from reprocls.experiments.tune.storage import (GRACE_S, REPEAT_OF, SKIPPED, find_run, masked, open_storage,
-                                               quiet_optuna, spends_budget, trained_to_the_end)
+from reprocls.experiments.tune.storage import (GRACE_S, REPEAT_OF, SKIPPED, find_run, is_repeat, masked,
+                                               open_storage, quiet_optuna, spends_budget, trained_to_the_end)
 from reprocls.files import atomic_write_json, atomic_write_text
 from reprocls.reports.study_page import write_study_page
 from reprocls.reports.tables import format_grid, format_value
@@ -40,7 +40,7 @@ def trial_line(trial: FrozenTrial) -> str:
     params = "  ".join(f"{key}={format_value(value)}" for key, value in trial.params.items())
     took = f"{trial.duration.total_seconds():.0f} s" if trial.duration else ""
     attrs = trial.user_attrs
-    if REPEAT_OF in attrs:
+    if is_repeat(trial):
         outcome = f"val top-1 {100 * trial.value:.2f} %, the point of trial {attrs[REPEAT_OF]} (not trained again)"
     elif trial.state == TrialState.COMPLETE:
         outcome = f"val top-1 {100 * trial.value:.2f} %"
@@ -82,7 +82,7 @@ def trial_row(trial: FrozenTrial, folder: Path) -> dict[str, Any]:
     """One trial as study.json records it: plain values a report can be rebuilt from without the database."""
     attrs = trial.user_attrs
     state = ("skipped" if attrs.get("surplus") else "not trained" if SKIPPED in attrs
-             else "repeat" if REPEAT_OF in attrs else trial.state.name.lower().replace("fail", "failed"))
+             else "repeat" if is_repeat(trial) else trial.state.name.lower().replace("fail", "failed"))
     curve = sorted(trial.intermediate_values.items())
     return {
         "number": trial.number, "state": state, "params": trial.params,
