@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from reprocls.data.batch_views import (TwoViewTensorLoader, batch_view, colour_jitter, crop_boxes, crop_resize_flip,
-                                       gaussian_blur)
+                                       draw_view, gaussian_blur)
 from reprocls.data.datasets import TensorSplit
 from reprocls.data.views import ViewSettings, view_settings
 
@@ -39,24 +39,34 @@ def test_crop_boxes_fit_the_image_and_cover_the_asked_share() -> None:
 def test_each_jitter_operation_equals_torchvisions(channels: int) -> None:
     x = images(channels=channels).float() / 255
     everyone = torch.ones(6, dtype=torch.bool)
+    in_order = torch.arange(4).repeat(6, 1)
     for which, reference in enumerate((TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)):
         if which >= 2 and channels == 1:
             continue
-        jitter = tuple(0.3 if i == which else 0.0 for i in range(4))
-        generator = torch.Generator().manual_seed(3)
-        ours = colour_jitter(x.clone(), jitter, everyone, generator)
-        generator = torch.Generator().manual_seed(3)  # the same draws replayed: one per operation, in order
-        draws = [torch.rand(6, generator=generator) for _ in range(4)]
-        factor = draws[which] * 0.6 + (0.7 if which < 3 else -0.3)  # hue is drawn in [-0.3, 0.3]
+        factor = torch.rand(6, generator=torch.Generator().manual_seed(which)) * 0.6 + (0.7 if which < 3 else -0.3)
+        factors = torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(6, 1)  # the identity of every other operation
+        factors[:, which] = factor
+        ours = colour_jitter(x.clone(), factors, in_order, everyone)
         expected = torch.stack([reference(image, float(f)) for image, f in zip(x, factor)])
         assert torch.allclose(ours, expected, atol=2e-3), reference.__name__
+
+
+def test_jitter_draws_factors_in_their_ranges_and_an_order_per_image() -> None:
+    settings = ViewSettings(jitter=(0.4, 0.3, 0.2, 0.1))
+    draws = draw_view(2000, 28, 28, settings, torch.Generator().manual_seed(2), torch.device("cpu"))
+    low, high = draws.jitter_factors.min(dim=0).values, draws.jitter_factors.max(dim=0).values
+    assert torch.allclose(low, torch.tensor([0.6, 0.7, 0.8, -0.1]), atol=0.01)
+    assert torch.allclose(high, torch.tensor([1.4, 1.3, 1.2, 0.1]), atol=0.01)
+    assert (draws.jitter_order.sort(dim=1).values == torch.arange(4)).all()  # a permutation of the four
+    assert len({tuple(row.tolist()) for row in draws.jitter_order}) == 24  # every order occurs
+    assert 0.75 < draws.jittered.float().mean() < 0.85  # jitter_prob 0.8
 
 
 def test_blur_equals_torchvisions_gaussian_blur_at_the_drawn_sigma() -> None:
     x = images(size=32).float() / 255
     applied = torch.tensor([True, False, True, True, False, True])
-    ours = gaussian_blur(x, applied, torch.Generator().manual_seed(5))
     sigma = torch.rand(6, generator=torch.Generator().manual_seed(5)) * 1.9 + 0.1
+    ours = gaussian_blur(x, sigma, applied)
     for i in range(6):
         expected = TF.gaussian_blur(x[i], [3, 3], [float(sigma[i])] * 2) if applied[i] else x[i]
         assert torch.allclose(ours[i], expected, atol=1e-5)
@@ -74,6 +84,8 @@ def test_a_batch_view_draws_every_augmentation_per_image() -> None:
     exact = crops[:, 2] * crops[:, 3] == 28 * 28  # a full-area crop of ratio 1 is the image itself
     same = batch_view(x, plain, 28, torch.Generator().manual_seed(0))
     assert exact.any() and torch.allclose(same[exact], x[exact].float() / 255, atol=1e-5)
+    block = batch_view(x, first, 24, torch.Generator().manual_seed(0), slice(16, 40))
+    assert torch.equal(block, view[16:40])  # the whole batch's draws, only the block's images augmented
 
 
 def test_two_processes_get_the_halves_of_one_processs_views() -> None:

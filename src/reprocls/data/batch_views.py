@@ -6,6 +6,7 @@ On a 2-core CPU this is what keeps the model, not the augmentation, the bottlene
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import Iterator
 
 import torch
@@ -82,24 +83,17 @@ def _shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.stack([channel(5), channel(3), channel(1)], dim=1)
 
 
-def colour_jitter(images: torch.Tensor, jitter: tuple[float, float, float, float], applied: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
-    """ColorJitter on the images where `applied`: brightness, contrast, saturation and hue factors drawn per image
-    and applied in a random order per image, as torchvision's ColorJitter does."""
-    n, device = images.shape[0], images.device
-    brightness, contrast, saturation, hue = jitter
-    factors = [_uniform(n, max(0.0, 1 - brightness), 1 + brightness, generator, device),
-               _uniform(n, max(0.0, 1 - contrast), 1 + contrast, generator, device),
-               _uniform(n, max(0.0, 1 - saturation), 1 + saturation, generator, device),
-               _uniform(n, -hue, hue, generator, device)]
-    order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)
+def colour_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, applied: torch.Tensor
+                  ) -> torch.Tensor:
+    """ColorJitter on the images where `applied`: each image's brightness, contrast, saturation and hue factors
+    (columns of `factors`) applied in its own order (rows of `order`), as torchvision's ColorJitter does."""
     colour = images.shape[1] == 3
     for position in range(4):
         for operation in range(4):
             chosen = applied & (order[:, position] == operation)
             if not chosen.any() or (operation >= 2 and not colour):
                 continue  # saturation and hue leave a one-channel image as it is
-            part, factor = images[chosen], factors[operation][chosen]
+            part, factor = images[chosen], factors[chosen, operation]
             if operation == 0:
                 part = _blend(part, torch.zeros_like(part), factor)
             elif operation == 1:
@@ -112,10 +106,9 @@ def colour_jitter(images: torch.Tensor, jitter: tuple[float, float, float, float
     return images
 
 
-def gaussian_blur(images: torch.Tensor, applied: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A Gaussian blur with sigma in (0.1, 2.0) per image and a kernel a tenth of the image side, where `applied`."""
-    n, channels, size = images.shape[0], images.shape[1], images.shape[-1]
-    sigma = _uniform(n, 0.1, 2.0, generator, images.device)
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
+    """A Gaussian blur at each image's `sigma` with a kernel a tenth of the image side, where `applied`."""
+    channels, size = images.shape[1], images.shape[-1]
     if not applied.any():
         return images
     kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
@@ -132,28 +125,69 @@ def gaussian_blur(images: torch.Tensor, applied: torch.Tensor, generator: torch.
     return images
 
 
-def batch_view(images: torch.Tensor, settings: ViewSettings, size: int, generator: torch.Generator) -> torch.Tensor:
-    """One view of every image of a uint8 batch (N, C, H, W), as floats in [0, 1] (not yet normalised). Every
-    random draw is made for the whole batch, so a slice of the result equals that slice's own draws."""
-    n, device = images.shape[0], images.device
-    boxes = crop_boxes(n, images.shape[-2], images.shape[-1], settings.crop_scale, generator, device)
-    flips = torch.rand(n, generator=generator, device=device) < settings.hflip_prob
-    view = crop_resize_flip(images.float() / 255, boxes, flips, size)
-    jittered = torch.rand(n, generator=generator, device=device) < settings.jitter_prob
-    view = colour_jitter(view, settings.jitter, jittered, generator)
-    greyed = torch.rand(n, generator=generator, device=device) < settings.grey_prob
-    if view.shape[1] == 3 and greyed.any():
-        view = torch.where(greyed.view(-1, 1, 1, 1), _grey(view).expand_as(view), view)
-    blurred = torch.rand(n, generator=generator, device=device) < settings.blur_prob
-    view = gaussian_blur(view, blurred, generator)
-    solarized = torch.rand(n, generator=generator, device=device) < settings.solarize_prob
-    return torch.where(solarized.view(-1, 1, 1, 1) & (view >= 0.5), 1 - view, view)
+@dataclass(frozen=True)
+class ViewDraws:
+    """Every random choice of one view for a batch, one row per image: drawn for a whole global batch, a rank
+    keeps its block of rows and augments only its own images."""
+
+    boxes: torch.Tensor  # (n, 4) crops: top, left, height, width
+    flips: torch.Tensor
+    jittered: torch.Tensor
+    jitter_factors: torch.Tensor  # (n, 4) brightness, contrast, saturation, hue
+    jitter_order: torch.Tensor  # (n, 4) the order the four are applied in
+    greyed: torch.Tensor
+    blurred: torch.Tensor
+    blur_sigma: torch.Tensor
+    solarized: torch.Tensor
+
+    def rows(self, block: slice) -> ViewDraws:
+        return ViewDraws(**{field.name: getattr(self, field.name)[block] for field in fields(self)})
+
+
+def draw_view(n: int, height: int, width: int, settings: ViewSettings, generator: torch.Generator,
+              device: torch.device) -> ViewDraws:
+    """One view's random choices for n images of height x width, in one fixed order of draws."""
+    rand = lambda *shape: torch.rand(*shape, generator=generator, device=device)  # noqa: E731
+    boxes = crop_boxes(n, height, width, settings.crop_scale, generator, device)
+    flips = rand(n) < settings.hflip_prob
+    jittered = rand(n) < settings.jitter_prob
+    brightness, contrast, saturation, hue = settings.jitter
+    factors = torch.stack([_uniform(n, max(0.0, 1 - brightness), 1 + brightness, generator, device),
+                           _uniform(n, max(0.0, 1 - contrast), 1 + contrast, generator, device),
+                           _uniform(n, max(0.0, 1 - saturation), 1 + saturation, generator, device),
+                           _uniform(n, -hue, hue, generator, device)], dim=1)
+    order = rand(n, 4).argsort(dim=1)
+    greyed = rand(n) < settings.grey_prob
+    blurred = rand(n) < settings.blur_prob
+    sigma = _uniform(n, 0.1, 2.0, generator, device)
+    solarized = rand(n) < settings.solarize_prob
+    return ViewDraws(boxes, flips, jittered, factors, order, greyed, blurred, sigma, solarized)
+
+
+def apply_view(images: torch.Tensor, draws: ViewDraws, size: int) -> torch.Tensor:
+    """The view of a uint8 batch (N, C, H, W) that `draws` (N rows) describe, as floats in [0, 1], not yet
+    normalised."""
+    view = crop_resize_flip(images.float() / 255, draws.boxes, draws.flips, size)
+    view = colour_jitter(view, draws.jitter_factors, draws.jitter_order, draws.jittered)
+    if view.shape[1] == 3 and draws.greyed.any():
+        view = torch.where(draws.greyed.view(-1, 1, 1, 1), _grey(view).expand_as(view), view)
+    view = gaussian_blur(view, draws.blur_sigma, draws.blurred)
+    return torch.where(draws.solarized.view(-1, 1, 1, 1) & (view >= 0.5), 1 - view, view)
+
+
+def batch_view(images: torch.Tensor, settings: ViewSettings, size: int, generator: torch.Generator,
+               rows: slice = slice(None)) -> torch.Tensor:
+    """One view of the `rows` of a uint8 batch: the draws made for the whole batch, the work done for those rows
+    alone, so a block of the result equals that block of the whole batch's view."""
+    draws = draw_view(images.shape[0], images.shape[-2], images.shape[-1], settings, generator, images.device)
+    return apply_view(images[rows], draws.rows(rows), size)
 
 
 class TwoViewTensorLoader:
     """(first view, second view, label) batches of an in-memory split, augmented on the device: the random draws
-    of a whole global batch are made together and this rank takes its block, so one process and several see the
-    same views; shuffling and draws depend on (seed, epoch) only, so any epoch replays, from any batch."""
+    of a whole global batch are made together and this rank augments only its block of images, so one process
+    and several see the same views; shuffling and draws depend on (seed, epoch) only, so any epoch replays, from
+    any batch."""
 
     def __init__(self, split: TensorSplit, first: ViewSettings, second: ViewSettings, *, batch_size: int, size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, seed: int = 0, rank: int = 0,
@@ -187,6 +221,6 @@ class TwoViewTensorLoader:
                 continue  # each batch's draws have their own seed: skipping needs no replay
             index = order[step * global_size:(step + 1) * global_size]
             images = self.images[index]
-            first = batch_view(images, self.first, self.size, self.generator)[mine]
-            second = batch_view(images, self.second, self.size, self.generator)[mine]
+            first = batch_view(images, self.first, self.size, self.generator, mine)
+            second = batch_view(images, self.second, self.size, self.generator, mine)
             yield self._finish(first), self._finish(second), self.labels[index][mine]
