@@ -9,11 +9,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from itertools import product
 from pathlib import Path
@@ -450,80 +447,3 @@ def test_two_workers_share_one_study(database: str, request: pytest.FixtureReque
     assert best.value == results["val"]["top1"]
     metrics = [json.loads(line) for line in (Path(best.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["val_top1"] == best.value
-
-
-def tune_cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    return subprocess.Popen([sys.executable, "-m", "reprocls", "tune", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def snapshot(trial: optuna.trial.FrozenTrial) -> tuple:
-    return trial.params, trial.value, trial.state, trial.datetime_complete, trial.user_attrs["run_dir"]
-
-
-def killed_trial_checkpoint(folder: Path) -> dict | None:
-    """The newest checkpoint manifest of trial 2's run folder, once one is complete."""
-    manifests = sorted(folder.glob("trials/trial-0002-*/checkpoints/step-*/manifest.json"))
-    return json.loads(manifests[-1].read_text()) if manifests else None
-
-
-@pytest.mark.slow
-def test_sigkilled_study_resumes_keeping_finished_trials_and_continuing_the_killed_one(fmnist_root: Path,
-                                                                                      tmp_path: Path) -> None:
-    space = write_space(tmp_path, "optim.lr: {low: 0.02, high: 0.5, log: true}\n")
-    args = [RECIPE, f"data.root={fmnist_root}", f"output_dir={tmp_path}", *TINY, "schedule.epochs=3", "--space",
-            str(space), "--sampler", "random", "--trials", "4", "--pruner", "none", "-q"]
-    folder = tmp_path / "quickstart-study"
-    database = folder / "study.db"
-    process = tune_cli(*args)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:  # kill once two trials are done and the third has checkpointed an epoch
-            if database.exists() and process.poll() is None:
-                try:
-                    with sqlite3.connect(database, timeout=30) as connection:
-                        done = connection.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
-                except sqlite3.OperationalError:  # the file exists a moment before Optuna has created its tables
-                    done = 0
-                if done == 2 and killed_trial_checkpoint(folder) is not None:
-                    process.send_signal(signal.SIGKILL)
-                    break
-            assert process.poll() is None, f"tune ended before it could be killed: {process.stdout.read()[-3000:]}"
-            time.sleep(0.05)
-    finally:
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    checkpoint = killed_trial_checkpoint(folder)
-    assert checkpoint["epoch"] < 3, "the kill came too late: the killed trial had finished training"
-
-    before = load(folder).get_trials()
-    assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
-    killed = before[2]
-    killed_run = next(folder.glob("trials/trial-0002-*"))
-
-    resumed = tune_cli(*args)
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output[-3000:]
-    assert "trial(s) 2 lost their process; their parameters are queued again" in output
-
-    after = load(folder).get_trials()
-    assert [snapshot(t) for t in after[:2]] == [snapshot(t) for t in before[:2]]  # finished trials untouched
-    assert after[2].state == TrialState.FAIL and "died" in after[2].user_attrs["crashed"]
-    retry = after[3]
-    assert retry.system_attrs["failed_trial"] == 2 and retry.params == killed.params
-    assert retry.state == TrialState.COMPLETE
-    assert retry.user_attrs["host"] == killed.user_attrs["host"] and retry.user_attrs["pid"] != killed.user_attrs["pid"]
-    # the retry continued the killed run's folder from its checkpoint, and told the study its earlier epochs again
-    assert Path(retry.user_attrs["run_dir"]) == killed_run.resolve()
-    results = json.loads((killed_run / "results.json").read_text())
-    assert results["resumed_from"] is not None and retry.value == results["val"]["top1"]
-    assert [record["epoch"] for record in read_history(killed_run)] == [1, 2, 3]
-    assert sorted(retry.intermediate_values) == [1, 2, 3]
-    assert all(retry.intermediate_values[e] == value for e, value in killed.intermediate_values.items()
-               if e <= checkpoint["epoch"])
-    finished = [t for t in after if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 4 and len(after) == 5  # exactly the budget: the crash did not count
-    summary = json.loads((folder / "study.json").read_text())
-    assert summary["finished"] == 4 and summary["counts"]["failed"] == 1
-    assert next(row for row in summary["trials"] if row["number"] == 3)["retry_of"] == 2

@@ -103,23 +103,29 @@ class Objective:
 
     @staticmethod
     def resume_point(trial: optuna.Trial, config: RunConfig) -> Path | None:
-        """The killed trial's run folder that this retry continues, when it holds a checkpoint of the same experiment
-        short of the end; its validated epochs are reported to this trial again, so the pruner sees the whole curve."""
+        """The killed trial's run folder that this retry continues: one that finished before the study heard of it
+        (read, not trained), or one with a checkpoint of the same experiment, the last epoch's included (then only
+        the final passes are redone); its validated epochs are reported to this trial again, so the pruner sees the
+        whole curve."""
         source = trial.user_attrs.get("resume_from")
-        found = newest_valid(Path(source) / layout.CHECKPOINTS) if source else None
-        if found is None:
+        if not source:
             return None
-        manifest = found[1]
+        folder = Path(source)
+        if (folder / layout.RESULTS).exists():
+            saved, last = layout.read_config(folder), config.schedule.epochs
+        else:
+            found = newest_valid(folder / layout.CHECKPOINTS)
+            saved, last = (found[1]["config"], found[1]["epoch"]) if found else (None, 0)
+        if saved is None:
+            return None
         try:
-            check_same_experiment(manifest["config"], config)
+            check_same_experiment(saved, config)
         except ConfigError:
             return None  # rerun with other overrides: the point is trained afresh under the current recipe
-        if manifest["epoch"] >= config.schedule.epochs:
-            return None  # killed after training, in the test pass: a resume would have no validation left to score
-        for record in read_history(Path(source)):
-            if record["epoch"] <= manifest["epoch"] and "val_top1" in record:
+        for record in read_history(folder):
+            if record["epoch"] <= last and "val_top1" in record:
                 trial.report(scored_validation(record)["val_top1"], record["epoch"])
-        return Path(source)
+        return folder
 
     @staticmethod
     def record_run(trial: optuna.Trial, folder: Path, name: str) -> None:
