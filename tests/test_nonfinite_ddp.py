@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).parent.parent
 
 WORKER = """
-import json, sys, torch, torch.distributed as dist
+import json, os, sys, torch, torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from reprocls.engine.selfsup.train import PretrainState, pretrain_one_epoch
@@ -62,8 +62,14 @@ try:
 except FloatingPointError as error:
     outcome = {"error": str(error)}
 outcome["calls"] = method.calls
-json.dump(outcome, open(f"{sys.argv[1]}.{rank}", "w"))
+with open(f"{sys.argv[1]}.{rank}", "w") as file:
+    json.dump(outcome, file)
+# leave together, then skip interpreter teardown: a process that exits while its peer still holds the Gloo group
+# can abort on the closed connection ("terminate called without an active exception") after both have reported
+dist.barrier()
+del model
 dist.destroy_process_group()
+os._exit(0)
 """
 
 
