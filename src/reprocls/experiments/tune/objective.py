@@ -14,8 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from reprocls import run_layout as layout
 from reprocls.config import ConfigError, RunConfig
-from reprocls.engine.checkpoint import newest_valid
-from reprocls.experiments.resume import check_same_experiment
+from reprocls.engine.checkpoint import CheckpointError
+from reprocls.experiments.resume import check_same_experiment, plan_resume
 from reprocls.experiments.run import train_recipe
 from reprocls.experiments.tune.architecture import admit
 from reprocls.experiments.tune.plan import SearchPlan
@@ -110,18 +110,14 @@ class Objective:
         source = trial.user_attrs.get("resume_from")
         if not source:
             return None
-        folder = Path(source)
-        if (folder / layout.RESULTS).exists():
-            saved, last = layout.read_config(folder), config.schedule.epochs
-        else:
-            found = newest_valid(folder / layout.CHECKPOINTS)
-            saved, last = (found[1]["config"], found[1]["epoch"]) if found else (None, 0)
-        if saved is None:
-            return None
         try:
-            check_same_experiment(saved, config)
-        except ConfigError:
-            return None  # rerun with other overrides: the point is trained afresh under the current recipe
+            plan = plan_resume(config, source)  # a finished run is checked against the recipe there
+            if plan.point is not None:
+                check_same_experiment(plan.point.manifest["config"], config)
+        except (ConfigError, CheckpointError):
+            return None  # no intact checkpoint, or a rerun with other overrides: the point is trained afresh
+        folder = Path(source)
+        last = config.schedule.epochs if plan.finished is not None else plan.point.manifest["epoch"]
         for record in read_history(folder):
             if record["epoch"] <= last and "val_top1" in record:
                 trial.report(scored_validation(record)["val_top1"], record["epoch"])
